@@ -1,0 +1,66 @@
+"""The interface every fine-tuning method implements (see docs/ARCHITECTURE.md)."""
+from __future__ import annotations
+
+import pathlib
+
+
+def count_params(model, trainable_only: bool = False) -> int:
+    """Number of parameters (unique tensors) of model, optionally only those requiring grad."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) in seen or (trainable_only and not p.requires_grad):
+            continue
+        seen.add(id(p))
+        total += p.numel()
+    return total
+
+
+class Method:
+    """A fine-tuning method: which parameters train, and how the result is saved and merged.
+
+    The training loop calls, in order: begin_warmup / after_warmup_backward (only when
+    warmup_steps > 0), apply, then trains the parameters left with requires_grad, then save.
+    Evaluation calls load then merge.
+    """
+
+    name = "base"
+    warmup_steps = 0
+    warmup_mode = "full_ft"
+
+    def __init__(self, run_cfg: dict):
+        self.run_cfg = run_cfg
+        self.method_cfg = run_cfg["method"]
+        self.budget = run_cfg.get("budget")
+        self.total_params = None
+
+    def begin_warmup(self, model):
+        """Called once before the warm-up steps (only when warmup_steps > 0)."""
+
+    def after_warmup_backward(self, model):
+        """Called after each warm-up backward pass, before any optimizer step."""
+
+    def restore(self, out_dir):
+        """Called instead of the warm-up when a run resumes from a checkpoint in out_dir."""
+
+    def apply(self, model, out_dir=None) -> dict:
+        """Make only this method's parameters trainable; return info (trainable/total params, budget)."""
+        raise NotImplementedError
+
+    def save(self, model, out_dir) -> pathlib.Path:
+        """Write the adapter/delta under out_dir; return the path written."""
+        raise NotImplementedError
+
+    def load(self, base_model, out_dir):
+        """Return base_model with the delta saved under out_dir applied."""
+        raise NotImplementedError
+
+    def merge(self, model):
+        """Return a plain transformers model (delta folded into the weights) for evaluation."""
+        return model
+
+    def _info(self, model) -> dict:
+        """Standard info dict: trainable params against the base model's total params."""
+        trainable = count_params(model, trainable_only=True)
+        total = self.total_params or count_params(model)
+        return {"trainable_params": trainable, "total_params": total,
+                "budget_reached": trainable / total}

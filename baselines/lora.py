@@ -1,0 +1,89 @@
+"""LoRA through peft, with the rank derived from the shared parameter budget."""
+from __future__ import annotations
+
+import pathlib
+
+import torch
+
+from baselines import register
+from baselines.base import Method, count_params
+
+DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
+
+
+def target_linears(model, target_modules) -> list[torch.nn.Linear]:
+    """The nn.Linear modules whose last name component is in target_modules."""
+    wanted = set(target_modules)
+    found = [m for name, m in model.named_modules()
+             if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in wanted]
+    if not found:
+        raise ValueError(f"no nn.Linear named {sorted(wanted)} in the model; fix target_modules")
+    return found
+
+
+def rank_for_budget(model, target_modules, budget: float, dora: bool = False) -> int:
+    """Rank whose trainable-parameter count is nearest to budget * total params (at least 1).
+
+    LoRA adds r * (in + out) parameters per targeted linear; DoRA also adds a magnitude
+    vector of `out` parameters per linear.
+    """
+    if budget is None or budget <= 0:
+        raise ValueError(f"LoRA/DoRA need a positive budget (fraction of total params), got {budget!r}; "
+                         "set `budget` or method key `rank`")
+    linears = target_linears(model, target_modules)
+    per_rank = sum(m.in_features + m.out_features for m in linears)
+    fixed = sum(m.out_features for m in linears) if dora else 0
+    target = budget * count_params(model)
+    return max(1, round((target - fixed) / per_rank))
+
+
+@register("lora")
+class LoRA(Method):
+    """peft LoRA; method keys: target_modules, rank (overrides budget), alpha_ratio (2), dropout (0.05)."""
+
+    use_dora = False
+
+    def __init__(self, run_cfg: dict):
+        super().__init__(run_cfg)
+        self.target_modules = list(self.method_cfg.get("target_modules") or DEFAULT_TARGETS)
+        self.peft_model = None
+        self.rank = None
+
+    def peft_config(self, rank: int):
+        """The peft LoraConfig for rank (alpha = alpha_ratio * rank, as in the DoRA repo's scripts)."""
+        from peft import LoraConfig
+
+        return LoraConfig(r=rank, lora_alpha=self.method_cfg.get("alpha_ratio", 2) * rank,
+                          lora_dropout=self.method_cfg.get("dropout", 0.05),
+                          target_modules=self.target_modules, use_dora=self.use_dora,
+                          bias="none", task_type="CAUSAL_LM")
+
+    def apply(self, model, out_dir=None) -> dict:
+        from peft import get_peft_model
+
+        self.total_params = count_params(model)
+        self.rank = int(self.method_cfg.get("rank") or
+                        rank_for_budget(model, self.target_modules, self.budget, dora=self.use_dora))
+        self.peft_model = get_peft_model(model, self.peft_config(self.rank))
+        return {**self._info(model), "rank": self.rank, "target_modules": self.target_modules}
+
+    def save(self, model, out_dir) -> pathlib.Path:
+        if self.peft_model is None:
+            raise RuntimeError("save() called before apply()")
+        self.peft_model.save_pretrained(str(out_dir))
+        return pathlib.Path(out_dir)
+
+    def load(self, base_model, out_dir):
+        from peft import PeftModel
+
+        self.peft_model = PeftModel.from_pretrained(base_model, str(out_dir))
+        return self.peft_model
+
+    def merge(self, model):
+        from peft import PeftModel
+
+        if isinstance(model, PeftModel):
+            return model.merge_and_unload()
+        if self.peft_model is not None:
+            return self.peft_model.merge_and_unload()
+        return model

@@ -1,0 +1,68 @@
+"""Sparse Matrix Tuning through the `smt` package: warm-up scoring, block selection, sparse training."""
+from __future__ import annotations
+
+import pathlib
+
+import smt
+from baselines import register
+from baselines.base import Method, count_params
+
+
+@register("smt")
+class SMT(Method):
+    """SMT; method keys: block_size, warmup_steps, warmup_mode, scoring, accumulate_on_cpu,
+    plan_path (a saved plan: skips the warm-up). Placement gives target_modules and quotas."""
+
+    def __init__(self, run_cfg: dict):
+        super().__init__(run_cfg)
+        m, placement = self.method_cfg, run_cfg.get("placement") or {}
+        self.plan_path = m.get("plan_path")
+        self.cfg = smt.SMTConfig(
+            block_size=m.get("block_size", 256), budget=self.budget,
+            target_modules=list(placement.get("target_modules") or ["q_proj", "k_proj", "v_proj"]),
+            quotas=placement.get("quotas"), strategy=m.get("scoring", "mean_abs"),
+            warmup_steps=0 if self.plan_path else m.get("warmup_steps", 100),
+            warmup_mode=m.get("warmup_mode", "full_ft"),
+            accumulate_on_cpu=m.get("accumulate_on_cpu", False))
+        self.warmup_steps = self.cfg.warmup_steps
+        self.warmup_mode = self.cfg.warmup_mode
+        self.scorer = None
+        self.plan = None
+
+    def begin_warmup(self, model):
+        self.scorer = smt.GradientScorer(model, self.cfg)
+
+    def after_warmup_backward(self, model):
+        self.scorer.accumulate()
+
+    def restore(self, out_dir):
+        """On resume, reuse the plan the interrupted run selected (out_dir/plan.json)."""
+        plan = pathlib.Path(out_dir) / "plan.json"
+        if not plan.is_file():
+            raise FileNotFoundError(f"cannot resume SMT run: {plan} is missing; delete {out_dir}/checkpoints "
+                                    "to start over")
+        self.plan_path = str(plan)
+
+    def apply(self, model, out_dir=None) -> dict:
+        self.total_params = count_params(model)
+        if self.plan_path:
+            self.plan = smt.SelectionPlan.from_json(pathlib.Path(self.plan_path))
+        elif self.scorer is not None:
+            self.plan = self.scorer.select()
+            self.scorer = None
+        else:
+            raise RuntimeError("SMT needs a selection: run warm-up steps (method key warmup_steps > 0) "
+                               "or give method key plan_path")
+        smt.apply_smt(model, self.plan)
+        if out_dir is not None:
+            self.plan.to_json(pathlib.Path(out_dir) / "plan.json")
+        return {**self._info(model), "plan_summary": self.plan.summary()}
+
+    def save(self, model, out_dir) -> pathlib.Path:
+        return smt.save_smt(model, out_dir)
+
+    def load(self, base_model, out_dir):
+        return smt.load_smt(base_model, out_dir)
+
+    def merge(self, model):
+        return smt.merge_smt(model)
