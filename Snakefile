@@ -1,0 +1,30 @@
+# SMT benchmark: every table and figure of the paper from one command each.
+#   snakemake --cores all table2                      (default config, this CPU)
+#   snakemake --cores 2 --configfile config/test.yaml all         (tiny smoke test)
+#   snakemake --configfile config/paper.yaml --profile workflow/profiles/slurm all
+# The config is validated against workflow/schemas/config.schema.yaml before any job starts.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+# A --configfile replaces the default config instead of being merged into it.
+if not workflow.config_settings.configfiles:
+
+    configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+
+
+rule all:
+    input:
+        report_outputs(TARGETS),
+    default_target: True
+
+
+include: "workflow/rules/prepare.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/profile.smk"
+include: "workflow/rules/report.smk"

@@ -1,0 +1,108 @@
+"""Config loading: schema errors name the key, sweeps expand once, runs resolve to the contract."""
+import copy
+
+import pytest
+import yaml
+
+from harness import config as hc
+
+CONFIGS = ["config/config.yaml", "config/test.yaml", "config/paper.yaml"]
+
+
+@pytest.fixture(scope="module")
+def raw():
+    return yaml.safe_load((hc.REPO_ROOT / "config/test.yaml").read_text())
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_shipped_configs_validate(path):
+    cfg = hc.load_config(hc.REPO_ROOT / path)
+    assert cfg["paths"]["results"] and cfg["execution"]["launcher"] in ("python", "accelerate")
+
+
+def test_typo_key_is_named(raw):
+    bad = copy.deepcopy(raw)
+    bad["train"]["max_stepz"] = 3
+    with pytest.raises(hc.ConfigError, match=r"train: .*'max_stepz' was unexpected"):
+        hc.load_config(bad)
+
+
+def test_bad_value_is_named(raw):
+    bad = copy.deepcopy(raw)
+    bad["experiments"]["table4"]["budget"] = 80
+    with pytest.raises(hc.ConfigError, match=r"experiments\.table4\.budget: 80 is greater than"):
+        hc.load_config(bad)
+
+
+def test_unknown_reference_is_named(raw):
+    bad = copy.deepcopy(raw)
+    bad["experiments"]["table6"]["placements"] = ["k", "qq"]
+    with pytest.raises(hc.ConfigError, match=r"experiments\.table6\.placements names 'qq'"):
+        hc.load_config(bad)
+
+
+def test_quota_shares_must_sum_to_one(raw):
+    bad = copy.deepcopy(raw)
+    bad["placements"]["mlp50"]["quotas"]["mlp"]["share"] = 0.7
+    with pytest.raises(hc.ConfigError, match="mlp50.quotas"):
+        hc.load_config(bad)
+
+
+def test_defaults_filled(raw):
+    cfg = hc.load_config(raw)
+    assert cfg["train"]["lr_scheduler"] == "linear"
+    assert cfg["execution"]["mem_mb"]["train"] == 1500
+    assert raw["train"].get("lr_scheduler") is None  # the input dict is not modified
+
+
+def test_expand_runs_dedups_shared_runs():
+    cfg = hc.load_config(hc.REPO_ROOT / "config/config.yaml")
+    qkv = "smollm2-135m/commonsense/smt/b0.84/qkv/s0"
+    everything = hc.expand_runs(cfg, "all")
+    assert len(everything) == len(set(everything)) == 29
+    for target in ("table3", "table2", "table4", "table6", "figure3", "figure4", "figure5"):
+        assert qkv in hc.expand_runs(cfg, target)
+    assert everything.count(qkv) == 1
+    assert "smollm2-135m/commonsense/full_ft/b100/all/s0" in hc.expand_runs(cfg, "table2")
+    assert len(hc.expand_runs(cfg, "table3")) == 18
+    with pytest.raises(hc.ConfigError, match="unknown target"):
+        hc.expand_runs(cfg, "table9")
+
+
+def test_seeds_multiply_runs(raw):
+    cfg = hc.load_config({**raw, "seeds": [0, 1, 2]})
+    assert len(hc.expand_runs(cfg, "table3")) == 3 * len(hc.expand_runs(hc.load_config(raw), "table3"))
+
+
+def test_resolve_run_shape():
+    cfg = hc.load_config(hc.REPO_ROOT / "config/config.yaml")
+    run = hc.resolve_run(cfg, "smollm2-135m/math/smt/b0.86/qkv/s0")
+    assert set(run) >= {"run_id", "model", "dataset", "method", "budget", "placement", "seed", "train", "deviations"}
+    assert run["budget"] == pytest.approx(0.0086)
+    assert run["method"]["warmup_steps"] == 2  # per-dataset override
+    assert run["placement"] == {"name": "qkv", "target_modules": ["q_proj", "k_proj", "v_proj"], "quotas": None}
+    assert run["model"]["path"] == "resources/models/smollm2-135m"
+    assert run["dataset"]["path"] == "resources/data/math/train.json"
+    assert run["train"]["threads"] == 2 and run["seed"] == 0
+    full = hc.resolve_run(cfg, "smollm2-135m/commonsense/full_ft/b100/all/s0")
+    assert full["budget"] is None and full["placement"]["target_modules"] is None
+    split = hc.resolve_run(cfg, "smollm2-135m/commonsense/smt/b0.84/mlp25/s0")
+    assert set(split["placement"]["target_modules"]) == {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj"}
+    with pytest.raises(hc.ConfigError, match="not defined under `placements:`"):
+        hc.resolve_run(cfg, "smollm2-135m/commonsense/smt/b0.84/nope/s0")
+    with pytest.raises(hc.ConfigError, match="bad run id"):
+        hc.resolve_run(cfg, "smollm2-135m/smt/b0.84")
+
+
+def test_run_id_roundtrip():
+    rid = hc.make_run_id("m", "commonsense", "lora", 2.5, "qkvud", 3)
+    assert rid == "m/commonsense/lora/b2.50/qkvud/s3"
+    assert hc.parse_run_id(rid)["budget"] == 2.5
+
+
+def test_eval_cfg_and_data_root(monkeypatch):
+    cfg = hc.load_config(hc.REPO_ROOT / "config/config.yaml")
+    ev = hc.eval_cfg(cfg, "commonsense")
+    assert ev["suite"] == "commonsense" and len(ev["tasks"]) == 8 and ev["limit"] == 10
+    monkeypatch.setenv("SMT_DATA_ROOT", "/data/mirror")
+    assert hc.data_root(cfg) == "/data/mirror"

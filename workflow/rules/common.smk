@@ -1,0 +1,89 @@
+# Shared helpers: the validated config (CFG), output paths and input functions.
+# All sweep logic is in harness/config.py; nothing heavy is imported here.
+import json
+import os
+import sys
+
+sys.path.insert(0, workflow.basedir)  # harness importable before `pip install -e .`
+
+from harness import config as hc
+
+
+CFG = hc.load_config(config)
+PATHS = CFG["paths"]
+EXE = CFG["execution"]
+TARGETS = list(hc.TARGETS)
+RES, RESULTS, LOGS, BENCH = (PATHS[k] for k in ("resources", "results", "logs", "benchmarks"))
+RUN_ID = "{model}/{dataset}/{method}/b{budget}/{placement}/s{seed}"
+RUN = f"{RESULTS}/runs/{RUN_ID}"
+ENV = "../envs/smt.yaml"
+
+
+wildcard_constraints:
+    **hc.RUN_ID_PATTERNS,
+    suite=r"[A-Za-z0-9_-]+",
+
+
+onstart:
+    hc.check_registry(CFG)
+
+
+def run_id(w):
+    """The run id named by a job's wildcards."""
+    return f"{w.model}/{w.dataset}/{w.method}/b{w.budget}/{w.placement}/s{w.seed}"
+
+
+def mem(rule_kind):
+    return EXE["mem_mb"].get(rule_kind, 4000)
+
+
+def runtime(rule_kind):
+    return EXE["runtime"].get(rule_kind, 60)
+
+
+def train_inputs(w):
+    """Prepared model and training set of a run."""
+    return {"model": model_marker(w.model), "data": hc.train_set_path(CFG, w.dataset)}
+
+
+def model_marker(model):
+    return f"{hc.model_dir(CFG, model)}/prepared.json"
+
+
+def eval_file(rid):
+    """The evaluation output of one run (its suite follows its training set)."""
+    return f"{hc.run_dir(CFG, rid)}/eval/{hc.suite_of(CFG, rid)}.json"
+
+
+def profile_file(model, method):
+    return f"{RESULTS}/profile/{model}/{method}.json"
+
+
+def target_inputs(target):
+    """Files a table/figure reads: eval outputs of its runs, or Table 1's profiles."""
+    if target == "table1":
+        return [profile_file(m, meth) for m, meth in hc.expand_profiles(CFG)]
+    return [eval_file(r) for r in hc.expand_runs(CFG, target)]
+
+
+def target_records(target):
+    """Record paths handed to harness.report (profiles for Table 1)."""
+    if target == "table1":
+        return target_inputs(target)
+    return [f"{hc.run_dir(CFG, r)}/record.json" for r in hc.expand_runs(CFG, target)]
+
+
+def report_prefix(target):
+    """Output path without extension of a table or figure."""
+    if target.startswith("table"):
+        return f"{RESULTS}/tables/{target}"
+    return f"{PATHS['figures']}/{target}"
+
+
+def report_outputs(targets):
+    """Every file the given targets write."""
+    out = []
+    for t in targets:
+        exts = ("csv", "md", "tex") if t.startswith("table") else ("png", "pdf")
+        out += [f"{report_prefix(t)}.{e}" for e in exts]
+    return out

@@ -1,0 +1,28 @@
+# One rule per table and figure: `snakemake table2`, `snakemake figure4`, ...
+# Inputs are the evaluation outputs of exactly the runs the target needs (or Table 1's profiles);
+# a run shared by several targets is one job.
+
+for _target in TARGETS:
+
+    rule:
+        name:
+            _target
+        input:
+            target_inputs(_target),
+        output:
+            report_outputs([_target]),
+        log:
+            f"{LOGS}/report/{_target}.log",
+        params:
+            target=_target,
+            records=target_records(_target),
+            out_prefix=lambda w, output: os.path.splitext(output[0])[0],
+            config=CFG,
+        threads: 1
+        resources:
+            mem_mb=mem("report"),
+            runtime=runtime("report"),
+        conda:
+            ENV
+        script:
+            "../scripts/report.py"

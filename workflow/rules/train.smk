@@ -1,0 +1,54 @@
+# Train one run: <model>/<dataset>/<method>/b<budget%>/<placement>/s<seed> -> record.json (+ delta).
+# Checkpoints stay in the run directory, so `--rerun-incomplete` resumes an interrupted run.
+# execution.launcher "accelerate" runs the same script under `accelerate launch` (multi-GPU, DeepSpeed).
+
+if EXE["launcher"] == "accelerate":
+
+    rule train:
+        input:
+            unpack(train_inputs),
+        output:
+            f"{RUN}/record.json",
+        log:
+            f"{LOGS}/train/{RUN_ID}.log",
+        benchmark:
+            f"{BENCH}/train/{RUN_ID}.tsv"
+        params:
+            run_cfg=lambda w: json.dumps(hc.resolve_run(CFG, run_id(w))),
+            out_dir=lambda w, output: os.path.dirname(output[0]),
+            launch=EXE["accelerate_args"],
+        threads: CFG["threads"]
+        resources:
+            mem_mb=mem("train"),
+            runtime=runtime("train"),
+            gpu=EXE["gpus"],
+        conda:
+            ENV
+        shell:
+            "accelerate launch {params.launch} workflow/scripts/train.py"
+            " --run-cfg {params.run_cfg:q} --out-dir {params.out_dir:q} --threads {threads}"
+            " > {log:q} 2>&1"
+
+else:
+
+    rule train:
+        input:
+            unpack(train_inputs),
+        output:
+            f"{RUN}/record.json",
+        log:
+            f"{LOGS}/train/{RUN_ID}.log",
+        benchmark:
+            f"{BENCH}/train/{RUN_ID}.tsv"
+        params:
+            run_cfg=lambda w: hc.resolve_run(CFG, run_id(w)),
+            out_dir=lambda w, output: os.path.dirname(output[0]),
+        threads: CFG["threads"]
+        resources:
+            mem_mb=mem("train"),
+            runtime=runtime("train"),
+            gpu=EXE["gpus"],
+        conda:
+            ENV
+        script:
+            "../scripts/train.py"
