@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import pathlib
 
+import torch
+
 import smt
 from baselines import register
 from baselines.base import Method, count_params
@@ -58,10 +60,24 @@ class SMT(Method):
             self.plan.to_json(pathlib.Path(out_dir) / "plan.json")
         return {**self._info(model), "plan_summary": self.plan.summary()}
 
+    WARMUP_WEIGHTS = "warmup_weights.pt"
+
     def save(self, model, out_dir) -> pathlib.Path:
-        return smt.save_smt(model, out_dir)
+        """The block delta; after a full-FT warm-up also every weight as the warm-up left it.
+
+        full_ft warm-up steps (the paper's procedure) update the whole model before the blocks
+        are chosen, so the blocks alone, put on the original base, are not the trained model.
+        """
+        path = smt.save_smt(model, out_dir)
+        if self.warmup_steps > 0 and self.warmup_mode == "full_ft":
+            state = {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.endswith(".blocks")}
+            torch.save(state, pathlib.Path(out_dir) / self.WARMUP_WEIGHTS)  # torch.save keeps tied weights tied
+        return path
 
     def load(self, base_model, out_dir):
+        warm = pathlib.Path(out_dir) / self.WARMUP_WEIGHTS
+        if warm.is_file():
+            base_model.load_state_dict(torch.load(warm, weights_only=True), strict=True)
         return smt.load_smt(base_model, out_dir)
 
     def merge(self, model):

@@ -155,21 +155,15 @@ def _table6(df, config):
                               df[df.placement == p], tasks) for p in exp["placements"]])
 
 
-def _first(d: dict, *keys):
-    return next((d[k] for k in keys if d.get(k) is not None), None)
-
-
 def table1_frame(profiles: list[dict]) -> pd.DataFrame:
-    """Table 1 from profile JSONs: #Params%, step time, peak memory, speed-up over full FT."""
+    """Table 1 from profile JSONs (harness.profile): #Params%, step time, peak memory, speed-up over full FT."""
     rows = []
     for prof in profiles:
-        step = _first(prof, "step_time_s", "mean_step_time_s", "seconds_per_step")
-        peak = _first(prof, "peak_memory_bytes", "peak_mem_bytes")
-        reached = _first(prof, "budget_reached")
-        if reached is None and prof.get("trainable_params") and prof.get("total_params"):
-            reached = prof["trainable_params"] / prof["total_params"]
-        rows.append({"Method": prof.get("method"), "#Params%": None if reached is None else round(100 * reached, 2),
-                     "Time/step (s)": step, "Peak memory (MB)": None if peak is None else round(peak / 2**20, 1)})
+        peak = prof.get("peak_memory_bytes")
+        rows.append({"Method": prof["method"], "#Params%": round(100 * prof["budget_reached"], 2),
+                     "Time/step (s)": prof.get("step_seconds_mean"),
+                     "Peak memory (MB)": None if peak is None else round(peak / 2**20, 1),
+                     "Memory measure": prof.get("peak_memory_kind", "n/a")})
     df = pd.DataFrame(rows)
     full = df[df.Method == hc.FULL_FT]["Time/step (s)"]
     df["Speed-up"] = [f"{full.iloc[0] / t:.2f}x" if len(full) and t else "n/a" for t in df["Time/step (s)"]]

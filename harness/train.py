@@ -298,7 +298,9 @@ def _run(run_cfg: dict, out_dir: pathlib.Path, record: dict) -> None:
                  "final_loss": curve[-1]["loss"] if curve else None, "train_seconds": round(seconds, 3),
                  "tokens_per_s": round(stepper.tokens / max(seconds, 1e-9), 1),
                  "peak_memory_bytes": peak_memory_bytes(acc.device), "adapter_path": str(delta),
-                 "adapter_bytes": dir_size(out_dir / "delta")})
+                 "adapter_bytes": dir_size(out_dir / "delta"),
+                 "adapter_files": {f.name: f.stat().st_size for f in sorted((out_dir / "delta").rglob("*"))
+                                   if f.is_file()}})
     if acc.is_main_process and not t.get("keep_checkpoints"):
         shutil.rmtree(out_dir / CKPT_DIR, ignore_errors=True)
 

@@ -93,8 +93,8 @@ def test_missing_eval_shows_na(tmp_path, cfg):
 def test_table1_from_profiles(tmp_path, cfg):
     paths = []
     for method, t in (("full_ft", 2.0), ("smt", 0.5), ("lora", 0.8), ("dora", 1.0)):
-        prof = {"method": method, "step_time_s": t, "peak_memory_bytes": random.randint(1, 9) * 2**20,
-                "trainable_params": 10 if method != "full_ft" else 1000, "total_params": 1000}
+        prof = {"method": method, "step_seconds_mean": t, "peak_memory_bytes": random.randint(1, 9) * 2**20,
+                "budget_reached": 0.01 if method != "full_ft" else 1.0}
         paths.append(tmp_path / f"{method}.json")
         paths[-1].write_text(json.dumps(prof))
     df = report.make_table("table1", cfg, paths, tmp_path / "table1").set_index("Method")

@@ -52,7 +52,16 @@ def batch_loss(model, tok, env):
 
 
 @pytest.mark.parametrize("name", ["full_ft", "lora", "dora", "smt"])
-def test_method_trains_and_delta_reloads(tiny_env, tmp_path, name):
+def test_method_trains_and_delta_reloads(tiny_env, tmp_path, monkeypatch, name):
+    cls, trained = baselines.get_method(name), {}
+    real_save = cls.save
+
+    def save_and_measure(self, model, out_dir):  # the loss of the model exactly as training left it
+        model.eval()
+        trained["loss"] = batch_loss(model, load_model(tiny_env / "model", "float32", "cpu")[1], tiny_env)
+        return real_save(self, model, out_dir)
+
+    monkeypatch.setattr(cls, "save", save_and_measure)
     rec = train(make_cfg(tiny_env, name), tmp_path)
     info = rec["train_info"]
     assert rec["run_info"]["status"] == "ok"
@@ -69,7 +78,10 @@ def test_method_trains_and_delta_reloads(tiny_env, tmp_path, name):
     method = baselines.get_method(name)(make_cfg(tiny_env, name))
     tuned = method.merge(method.load(base, tmp_path / "delta"))
     assert type(tuned).__name__ == "LlamaForCausalLM"
-    assert batch_loss(tuned, tok, tiny_env) < 0.9 * base_loss
+    reloaded = batch_loss(tuned, tok, tiny_env)
+    assert reloaded < 0.9 * base_loss
+    # ... and reproduces the trained model (SMT: including what its full-FT warm-up changed)
+    assert reloaded == pytest.approx(trained["loss"], rel=1e-5, abs=1e-6)
 
 
 @pytest.mark.parametrize("name", ["lora", "smt"])
@@ -138,3 +150,6 @@ def test_profile_step_writes_timing(tiny_env, tmp_path, name):
         assert 0 < saved["budget_reached"] <= 0.05
     else:
         assert abs(saved["budget_reached"] - 0.05) < 0.02
+    from harness.report import table1_frame  # the profile JSON is what Table 1 reads
+    row = table1_frame([saved]).iloc[0]
+    assert row["Time/step (s)"] == f"{saved['step_seconds_mean']:.3f}" and row["Peak memory (MB)"] > 0
