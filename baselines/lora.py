@@ -39,13 +39,19 @@ def rank_for_budget(model, target_modules, budget: float, dora: bool = False) ->
 
 @register("lora")
 class LoRA(Method):
-    """peft LoRA; method keys: target_modules, rank (overrides budget), alpha_ratio (2), dropout (0.05)."""
+    """peft LoRA; method keys: rank (overrides budget), alpha_ratio (2), dropout (0.05).
+
+    Target modules come from the run's placement (config `placements`), else method key
+    target_modules, else Q, K, V, Up, Down (the DoRA repository's LLaMA setting).
+    """
 
     use_dora = False
 
     def __init__(self, run_cfg: dict):
         super().__init__(run_cfg)
-        self.target_modules = list(self.method_cfg.get("target_modules") or DEFAULT_TARGETS)
+        placement = run_cfg.get("placement") or {}
+        self.target_modules = list(placement.get("target_modules") or self.method_cfg.get("target_modules")
+                                   or DEFAULT_TARGETS)
         self.peft_model = None
         self.rank = None
 
@@ -58,12 +64,15 @@ class LoRA(Method):
                           target_modules=self.target_modules, use_dora=self.use_dora,
                           bias="none", task_type="CAUSAL_LM")
 
+    def rank_for_budget(self, model) -> int:
+        """The rank that spends this run's budget (subclasses with other parameter counts override)."""
+        return rank_for_budget(model, self.target_modules, self.budget, dora=self.use_dora)
+
     def apply(self, model, out_dir=None) -> dict:
         from peft import get_peft_model
 
         self.total_params = count_params(model)
-        self.rank = int(self.method_cfg.get("rank") or
-                        rank_for_budget(model, self.target_modules, self.budget, dora=self.use_dora))
+        self.rank = int(self.method_cfg.get("rank") or self.rank_for_budget(model))
         self.peft_model = get_peft_model(model, self.peft_config(self.rank))
         return {**self._info(model), "rank": self.rank, "target_modules": self.target_modules}
 

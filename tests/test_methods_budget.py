@@ -17,9 +17,9 @@ def tiny_model():
                                         num_key_value_heads=2, intermediate_size=128, vocab_size=260))
 
 
-def run_cfg(name, budget, **method):
+def run_cfg(name, budget, targets=("q_proj", "k_proj", "v_proj"), **method):
     return {"method": {"name": name, "lr": 1e-3, **method}, "budget": budget,
-            "placement": {"name": "qkv", "target_modules": ["q_proj", "k_proj", "v_proj"], "quotas": None}}
+            "placement": {"name": "p", "target_modules": list(targets), "quotas": None}}
 
 
 def test_rank_arithmetic_by_hand():
@@ -40,14 +40,26 @@ def test_rank_arithmetic_by_hand():
 def test_budget_reached_counts_trainable_params(name, extra):
     model = tiny_model()
     total = count_params(model)
-    method = baselines.get_method(name)(run_cfg(name, 0.05))
+    method = baselines.get_method(name)(run_cfg(name, 0.05, TARGETS))
     info = method.apply(model)
+    assert info["target_modules"] == TARGETS  # the placement decides where adapters go
     assert info["rank"] == rank_for_budget(tiny_model(), TARGETS, 0.05, dora=name == "dora")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert trainable == info["rank"] * 2 * 704 + extra == info["trainable_params"]
     assert info["total_params"] == total
     assert info["budget_reached"] == pytest.approx(trainable / total)
     assert abs(info["budget_reached"] - 0.05) < 2 * 704 / total  # within one rank step
+
+
+def test_vera_budget_counts_scaling_vectors():
+    from baselines.vera import vera_rank_for_budget
+    model = tiny_model()
+    total, outs = count_params(model), 2 * (64 + 32 + 32 + 128 + 64)   # lambda_b: one per output row
+    assert vera_rank_for_budget(model, TARGETS, (100 * 10 + outs) / total) == 100  # lambda_d: r per linear
+    info = baselines.get_method("vera")(run_cfg("vera", 0.05, TARGETS)).apply(model)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable == info["rank"] * 10 + outs == info["trainable_params"]
+    assert abs(info["budget_reached"] - 0.05) < 10 / total
 
 
 def test_smt_budget_and_full_ft():

@@ -10,7 +10,7 @@ from harness.models import load_model, prepare_model
 from harness.train import DivergedError, train
 
 torch.set_num_threads(1)
-LR = {"full_ft": 3e-3, "lora": 5e-2, "dora": 5e-2, "smt": 5e-2}
+LR = {"full_ft": 3e-3, "lora": 5e-2, "dora": 5e-2, "smt": 5e-2, "vera": 5e-2}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def batch_loss(model, tok, env):
         return model(**batch).loss.item()
 
 
-@pytest.mark.parametrize("name", ["full_ft", "lora", "dora", "smt"])
+@pytest.mark.parametrize("name", ["full_ft", "lora", "dora", "smt", "vera"])
 def test_method_trains_and_delta_reloads(tiny_env, tmp_path, monkeypatch, name):
     cls, trained = baselines.get_method(name), {}
     real_save = cls.save
