@@ -28,9 +28,11 @@ class FullFT(Method):
     def load(self, base_model, out_dir):
         state = load_file(str(pathlib.Path(out_dir) / "model.safetensors"))
         missing, unexpected = base_model.load_state_dict(state, strict=False)
-        # Tied weights (e.g. lm_head tied to embeddings) are saved once; anything else must match.
-        tied = getattr(base_model, "_tied_weights_keys", None) or {}
-        missing = [k for k in missing if k not in tied]
+        # Tied weights (SmolLM2: lm_head and embed_tokens share one tensor) are saved under one
+        # of their names; a missing key is fine when it shares storage with a loaded one.
+        params = dict(base_model.named_parameters(remove_duplicate=False))
+        loaded = {params[k].data_ptr() for k in state if k in params}
+        missing = [k for k in missing if k not in params or params[k].data_ptr() not in loaded]
         if missing or unexpected:
             raise ValueError(f"full_ft delta in {out_dir} does not match the base model: "
                              f"missing {missing[:5]}, unexpected {unexpected[:5]}")

@@ -81,3 +81,22 @@ def test_registry_and_unknown_method():
     assert {"full_ft", "lora", "dora", "smt"} <= set(baselines.available())
     with pytest.raises(KeyError, match="unknown method 'nope'.*available: .*lora"):
         baselines.get_method("nope")
+
+
+def test_full_ft_delta_reloads_with_tied_embeddings(tmp_path):
+    """SmolLM2 ties lm_head to embed_tokens: the saved model names the shared tensor once."""
+    def tied():
+        torch.manual_seed(0)
+        return LlamaForCausalLM(LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                            num_key_value_heads=2, intermediate_size=128, vocab_size=260,
+                                            tie_word_embeddings=True))
+    model, method = tied(), baselines.get_method("full_ft")(run_cfg("full_ft", None))
+    method.apply(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    method.save(model, tmp_path)
+    batch = torch.randint(0, 260, (2, 12))
+    reloaded = method.load(tied(), tmp_path)
+    assert reloaded.lm_head.weight.data_ptr() == reloaded.model.embed_tokens.weight.data_ptr()
+    assert torch.equal(reloaded(input_ids=batch).logits, model(input_ids=batch).logits)
