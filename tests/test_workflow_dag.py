@@ -18,7 +18,7 @@ def job_counts(stdout: str) -> dict:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M)}
 
 
-@pytest.mark.parametrize("configfile, trains", [("config/config.yaml", 29), ("config/test.yaml", 18),
+@pytest.mark.parametrize("configfile, trains", [("config/config.yaml", 29), ("config/test.yaml", 16),
                                                 ("config/paper.yaml", 86)])
 def test_dry_run_all(configfile, trains):
     res = snakemake("-n", "--forceall", f"--configfile={configfile}", "all")
@@ -33,6 +33,8 @@ def test_dry_run_all(configfile, trains):
 def test_dry_run_table2_needs_only_its_runs():
     res = snakemake("-n", "--forceall", "table2")
     assert res.returncode == 0, res.stderr[-3000:]
+    # the local profile (keep-going, rerun-incomplete) applies without --profile
+    assert "Using workflow specific profile profiles/default" in res.stdout + res.stderr
     counts = job_counts(res.stdout)
     assert counts["train"] == 19 and "profile_step" not in counts and "table3" not in counts
 
