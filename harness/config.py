@@ -284,7 +284,10 @@ def resolve_run(config: dict, run_id: str) -> dict:
         raise ConfigError(f"run id {run_id!r}: seed {parts['seed']} is not in seeds {config['seeds']}")
     place = config["placements"][parts["placement"]]
     model = config["models"][parts["model"]]
-    train = dict(config["train"], threads=config["threads"])
+    # threads are an execution resource, not part of the experiment: the job script sets them
+    # (snakemake.threads) and the record's meta_info says what was used; keeping them out of
+    # the params means a change of threads does not rerun finished runs.
+    train = dict(config["train"])
     return {
         "run_id": run_id,
         "config_name": config["name"],

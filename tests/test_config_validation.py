@@ -83,7 +83,7 @@ def test_resolve_run_shape():
     assert run["placement"] == {"name": "qkv", "target_modules": ["q_proj", "k_proj", "v_proj"], "quotas": None}
     assert run["model"]["path"] == "resources/models/smollm2-135m"
     assert run["dataset"]["path"] == "resources/data/math/train.json"
-    assert run["train"]["threads"] == 2 and run["seed"] == 0
+    assert "threads" not in run["train"] and run["seed"] == 0
     full = hc.resolve_run(cfg, "smollm2-135m/commonsense/full_ft/b100/all/s0")
     assert full["budget"] is None and full["placement"]["target_modules"] is None
     split = hc.resolve_run(cfg, "smollm2-135m/commonsense/smt/b0.84/mlp25/s0")
@@ -103,6 +103,6 @@ def test_run_id_roundtrip():
 def test_eval_cfg_and_data_root(monkeypatch):
     cfg = hc.load_config(hc.REPO_ROOT / "config/config.yaml")
     ev = hc.eval_cfg(cfg, "commonsense")
-    assert ev["suite"] == "commonsense" and len(ev["tasks"]) == 8 and ev["limit"] == 10
+    assert ev["suite"] == "commonsense" and len(ev["tasks"]) == 8 and ev["limit"] == cfg["eval"]["commonsense"]["limit"]
     monkeypatch.setenv("SMT_DATA_ROOT", "/data/mirror")
     assert hc.data_root(cfg) == "/data/mirror"
