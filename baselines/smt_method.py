@@ -12,7 +12,7 @@ from baselines.base import Method, count_params
 
 @register("smt")
 class SMT(Method):
-    """SMT; method keys: block_size, warmup_steps, warmup_mode, scoring, accumulate_on_cpu,
+    """SMT; method keys: block_size, warmup_steps, warmup_mode, warmup_lr, scoring, accumulate_on_cpu,
     plan_path (a saved plan: skips the warm-up). Placement gives target_modules and quotas."""
 
     def __init__(self, run_cfg: dict):
@@ -28,6 +28,7 @@ class SMT(Method):
             accumulate_on_cpu=m.get("accumulate_on_cpu", False))
         self.warmup_steps = self.cfg.warmup_steps
         self.warmup_mode = self.cfg.warmup_mode
+        self.warmup_lr = m.get("warmup_lr", m["lr"])  # full-FT warm-up steps: the method's lr unless set
         self.scorer = None
         self.plan = None
 

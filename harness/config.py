@@ -258,6 +258,7 @@ def suite_of(config: dict, run_id: str) -> str:
 def _method_cfg(config: dict, method: str, dataset: str) -> dict:
     spec = copy.deepcopy(config["methods"][method])
     spec.pop("placement")
+    spec.pop("deviations", None)
     lr = spec.pop("lr_by_dataset", {}).get(dataset)
     warm = spec.pop("warmup_steps_by_dataset", {}).get(dataset)
     if lr is not None:
@@ -300,7 +301,7 @@ def resolve_run(config: dict, run_id: str) -> dict:
                       "quotas": place.get("quotas")},
         "seed": parts["seed"],
         "train": train,
-        "deviations": list(config["deviations"]),
+        "deviations": list(config["deviations"]) + list(config["methods"][parts["method"]].get("deviations", [])),
     }
 
 

@@ -116,13 +116,16 @@ def lr_lambda(total_steps: int, warmup: int, kind: str, offset: int = 0):
     return fn
 
 
-def make_optimizer(model, run_cfg: dict, total_steps: int, offset: int):
-    """AdamW over the parameters requiring grad + its LambdaLR schedule continuing at `offset`."""
+def make_optimizer(model, run_cfg: dict, total_steps: int, offset: int, lr: float | None = None):
+    """AdamW over the parameters requiring grad + its LambdaLR schedule continuing at `offset`.
+
+    lr: peak learning rate (default: the method's `lr`).
+    """
     t = run_cfg["train"]
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise RuntimeError(f"method {run_cfg['method']['name']!r} left no parameter trainable")
-    opt = torch.optim.AdamW(params, lr=run_cfg["method"]["lr"], weight_decay=t.get("weight_decay", 0.0))
+    opt = torch.optim.AdamW(params, lr=lr or run_cfg["method"]["lr"], weight_decay=t.get("weight_decay", 0.0))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lr_lambda(total_steps, t.get("warmup_steps", 0), t.get("lr_scheduler", "linear"), offset))
     return opt, sched
@@ -326,7 +329,7 @@ def _warmup(run_cfg, method, acc, model, stream, progress, total, log_every):
     method.begin_warmup(model)
     opt = sched = None
     if method.warmup_mode == "full_ft":
-        opt, sched = make_optimizer(model, run_cfg, total, 0)
+        opt, sched = make_optimizer(model, run_cfg, total, 0, lr=getattr(method, "warmup_lr", None))
         prepared, opt = acc.prepare(model, opt)
     else:
         prepared = acc.prepare(model)

@@ -153,3 +153,12 @@ def test_profile_step_writes_timing(tiny_env, tmp_path, name):
     from harness.report import table1_frame  # the profile JSON is what Table 1 reads
     row = table1_frame([saved]).iloc[0]
     assert row["Time/step (s)"] == f"{saved['step_seconds_mean']:.3f}" and row["Peak memory (MB)"] > 0
+
+
+def test_smt_warmup_lr_applies_to_the_warmup_only(tiny_env, tmp_path):
+    cfg = make_cfg(tiny_env, "smt", steps=6)
+    cfg["method"]["warmup_lr"] = 1e-4
+    curve = train(cfg, tmp_path)["train_info"]["loss_curve"]
+    warm = [c["lr"] for c in curve if c.get("phase") == "warmup"]
+    main = [c["lr"] for c in curve if c.get("phase") != "warmup"]
+    assert len(warm) == 3 and max(warm) <= 1e-4 and max(main) > 1e-3
