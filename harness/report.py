@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import pathlib
 import statistics
+import textwrap
 
 import pandas as pd
 
@@ -307,10 +308,11 @@ def make_figure(name: str, config: dict, record_paths, out_prefix) -> list[pathl
     elif name in ("figure4", "figure5"):
         fig = (_figure4 if name == "figure4" else _figure5)(record_paths[0])
         exp = config["experiments"][name]
-        subtitle = f"\nSMT, {exp['model']}, {exp['dataset']}, budget {exp['budget']}% ({ids[0]})"
+        subtitle = f"\nSMT, {exp['model']}, {exp['dataset']}, budget {exp['budget']}%\nrun {ids[0]}"
     else:
         raise ValueError(f"unknown figure {name!r}; use figure3, figure4 or figure5")
-    fig.suptitle(f"{TITLES[name]} (config {config['name']}){subtitle}", fontsize=10)
+    title = textwrap.fill(f"{TITLES[name]} (config {config['name']})", 70)
+    fig.suptitle(title + subtitle, fontsize=10)
     fig.tight_layout()
     out = pathlib.Path(out_prefix)
     out.parent.mkdir(parents=True, exist_ok=True)
