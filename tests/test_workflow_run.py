@@ -31,7 +31,7 @@ def tiny_run(tmp_path_factory):
     cfg["paths"] = {k: str(out / k) for k in cfg["paths"]}
     cfg_file = out / "test.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg))
-    res = snakemake("--cores", "2", f"--configfile={cfg_file}", "all", timeout=900)
+    res = snakemake("--cores", "2", f"--configfile={cfg_file}", "all", timeout=1800)  # ~5 min; a hang guard
     assert res.returncode == 0, (res.stdout + res.stderr)[-5000:]
     return out, cfg_file, hc.load_config(cfg)
 
