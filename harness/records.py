@@ -124,9 +124,7 @@ def write_record(out_dir, record: dict) -> pathlib.Path:
     return atomic_write_json(pathlib.Path(out_dir) / "record.json", record)
 
 
-def dir_size(path) -> int:
-    """Total size in bytes of the files under path (or of path if it is a file)."""
+def file_sizes(path) -> dict[str, int]:
+    """Size in bytes of every file under path, keyed by its path relative to path."""
     path = pathlib.Path(path)
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return {str(p.relative_to(path)): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file()}

@@ -22,7 +22,7 @@ import baselines
 from harness.data import read_records
 from harness.models import load_model
 from harness.prompts import tokenize_example
-from harness.records import dir_size, new_record, write_record
+from harness.records import file_sizes, new_record, write_record
 
 DEEPSPEED_DIR = pathlib.Path(__file__).resolve().parent / "deepspeed"
 CKPT_DIR, CKPT_FILE, WARMUP_WEIGHTS = "checkpoints", "latest.pt", "warmup_weights.pt"
@@ -295,15 +295,14 @@ def _run(run_cfg: dict, out_dir: pathlib.Path, record: dict) -> None:
     seconds = prior_seconds + time.time() - main_start
     model = acc.unwrap_model(model)
     delta = method.save(model, out_dir / "delta")
+    delta_files = file_sizes(out_dir / "delta")
     info.update({"steps": step, "warmup_steps": warm, "micro_batch_size": micro, "grad_accum": accum,
                  "num_processes": acc.num_processes, "n_examples": len(examples), "tokens": stepper.tokens,
                  "loss_curve": curve, "first_loss": curve[0]["loss"] if curve else None,
                  "final_loss": curve[-1]["loss"] if curve else None, "train_seconds": round(seconds, 3),
                  "tokens_per_s": round(stepper.tokens / max(seconds, 1e-9), 1),
                  "peak_memory_bytes": peak_memory_bytes(acc.device), "adapter_path": str(delta),
-                 "adapter_bytes": dir_size(out_dir / "delta"),
-                 "adapter_files": {f.name: f.stat().st_size for f in sorted((out_dir / "delta").rglob("*"))
-                                   if f.is_file()}})
+                 "adapter_bytes": sum(delta_files.values()), "adapter_files": delta_files})
     if acc.is_main_process and not t.get("keep_checkpoints"):
         shutil.rmtree(out_dir / CKPT_DIR, ignore_errors=True)
 
