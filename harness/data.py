@@ -4,10 +4,23 @@ Everything is in the LLM-Adapters record format: `instruction`, `input`, `output
 
 Data root. A directory laid out like the upstream repositories (e.g. `../shared/data`):
 `llm-adapters/dataset/<task>/{train,test}.json`, `llm-adapters/ft-training_set/*.json`,
-`grade-school-math/{train,test}.jsonl`, `hellaswag/validation.jsonl`. It is set by the
-environment variable SMT_DATA_ROOT (wins) or by the config's `data_root` (relative paths are
-taken from the repository root). With neither, files are downloaded from the upstream URLs
-below into SMT_DATA_CACHE (default `~/.cache/smt-bench/data`).
+`grade-school-math/{train,test}.jsonl`, `hellaswag/validation.jsonl`. Resolution, in order:
+the environment variable SMT_DATA_ROOT (a path, or `download`), then the config's `data_root`
+(relative paths are taken from the repository root), and with neither (`data_root: null`) the
+files are downloaded from the upstream URLs below, at pinned commits, into the cache
+SMT_DATA_CACHE (default `$XDG_CACHE_HOME/smt-bench/data`, i.e. `~/.cache/smt-bench/data`).
+A root that does not exist, or holds none of the folders above, is an error naming where it
+looked and how to fix it.
+
+Content, not location. Jobs depend on what the files hold: `source_checksums(spec, root)`
+(the files a training-set spec reads) and `test_set_checksums(tasks, root)` (the test sets)
+give sha256 sums, cached by (path, size, mtime) in a JSON file, for Snakemake params; moving
+the mirror to another directory changes nothing, changing a file's bytes changes its sum.
+
+Prepared files. `prepare_train_set` writes `train.json` and `train.json.meta.json` (sources
+with their sha256, counts, records dropped, the output's sha256). `read_records` verifies a
+file against the sha256 in its `.meta.json` when there is one, and `load_train_set` insists on
+it; a corrupt or modified file is an error naming the file and the fix.
 
 Every public function takes `data_root` as configured (a path, or None for download) and
 resolves it with `resolve_data_root`, so SMT_DATA_ROOT applies everywhere.
@@ -18,15 +31,40 @@ HellaSwag test set) are accepted with a warning, and their sha256 is recorded.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
 import random
 import re
+import tempfile
 import urllib.request
 import warnings
 
-from harness.records import REPO_ROOT, atomic_write_json, sha256_file
+# no torch here: the Snakemake DAG imports this module to compute the data checksums of its jobs
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write_json(path, obj) -> pathlib.Path:
+    """Write obj as indented JSON through a temporary file and a rename (never a torn file)."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(obj, handle, indent=2, default=str)
+        handle.write("\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path
 
 LLM_ADAPTERS_COMMIT = "816657208af4db747803f87ba40a4c71383fed7a"
 GSM8K_COMMIT = "3101c7d5072418e28b9008a6636bde82a006892c"
@@ -79,31 +117,47 @@ MATH_MIRROR_SOURCES = ["math_data", "gsm8k_train"]
 TRAIN_SETS = ["commonsense_170k", "math_10k", "commonsense_mirror", "math_mirror"]
 RECORD_KEYS = ("instruction", "input", "output", "answer")
 _HOW_TO = ("Set the environment variable SMT_DATA_ROOT (or `data_root` in the config) to a directory "
-           "laid out like the upstream repositories (e.g. ../shared/data), or set data_root to null "
-           "to download from upstream.")
+           "laid out like the upstream repositories (e.g. ../shared/data), or set SMT_DATA_ROOT=download "
+           "(or data_root: null) to download from upstream.")
+# top-level folders of a data root; a root holding none of them is not a data mirror
+ROOT_LAYOUT = ("llm-adapters", "grade-school-math", "hellaswag")
+
+
+class DataError(ValueError):
+    """A data file is corrupt, modified or inconsistent; the message names the file and the fix."""
 
 
 def resolve_data_root(configured: str | None) -> pathlib.Path | None:
     """The data root to use: SMT_DATA_ROOT if set, else `configured`; None means download.
 
-    A relative `configured` path is taken from the repository root. The strings "download"
-    and "" mean None. A root that does not exist is an error.
+    A relative path is taken from the repository root. The strings "download" and "" mean
+    None. A root that is not a directory, or holds none of ROOT_LAYOUT's folders, is a
+    FileNotFoundError naming where it looked, where the value came from, and the fix.
     """
-    value = os.environ.get("SMT_DATA_ROOT") or configured
-    if value in (None, "", "download"):
+    env = os.environ.get("SMT_DATA_ROOT")
+    value, source = (env, "environment variable SMT_DATA_ROOT") if env else (configured, "config data_root")
+    if value is None or str(value) in ("", "download"):
         return None
     root = pathlib.Path(value).expanduser()
     if not root.is_absolute():
         root = REPO_ROOT / root
+    looked = f"looked at {os.path.normpath(root)} ({source}={str(value)!r}"
+    looked += ")" if env else "; SMT_DATA_ROOT is not set)"
     if not root.is_dir():
-        source = "SMT_DATA_ROOT" if os.environ.get("SMT_DATA_ROOT") else "config data_root"
-        raise FileNotFoundError(f"data root {root} ({source}={value!r}) is not a directory. {_HOW_TO}")
+        raise FileNotFoundError(f"data root not found: {looked}. {_HOW_TO}")
+    if not any((root / d).is_dir() for d in ROOT_LAYOUT):
+        raise FileNotFoundError(f"data root {root} is not a data mirror: it holds none of "
+                                f"{', '.join(d + '/' for d in ROOT_LAYOUT)} ({looked}). {_HOW_TO}")
     return root.resolve()
 
 
 def download_cache() -> pathlib.Path:
-    """Where downloaded files go: SMT_DATA_CACHE or ~/.cache/smt-bench/data."""
-    return pathlib.Path(os.environ.get("SMT_DATA_CACHE", "~/.cache/smt-bench/data")).expanduser()
+    """Where downloaded files go: SMT_DATA_CACHE, else $XDG_CACHE_HOME/smt-bench/data
+    (default ~/.cache/smt-bench/data)."""
+    if os.environ.get("SMT_DATA_CACHE"):
+        return pathlib.Path(os.environ["SMT_DATA_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return pathlib.Path(xdg).expanduser() / "smt-bench" / "data"
 
 
 def _as_root(data_root) -> pathlib.Path | None:
@@ -170,13 +224,92 @@ def _first_available(relpaths: list[str], data_root) -> str:
     return relpaths[0]  # fetch_file raises the error that says where it looked
 
 
-def read_records(path) -> list[dict]:
-    """Records of a .json (list) or .jsonl file."""
+def read_json(path, what: str = "file"):
+    """Parse a JSON file; a missing or corrupt file is an error naming the path."""
     path = pathlib.Path(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{what} {path} is not valid JSON ({err}); it is corrupt or truncated: "
+                        "delete it and rerun the step that writes it") from err
+    except UnicodeDecodeError as err:
+        raise DataError(f"{what} {path} is not UTF-8 text ({err}); it is corrupt: delete it and rerun "
+                        "the step that writes it") from err
+
+
+def meta_path(path) -> pathlib.Path:
+    """The `.meta.json` written beside a prepared file."""
+    return pathlib.Path(f"{path}.meta.json")
+
+
+def verify_prepared(path, meta: dict | None = None) -> dict:
+    """Check a prepared file against the sha256 (and record count) in its `.meta.json`.
+
+    Returns the meta. A missing meta, a meta without sha256 or a mismatch is a DataError
+    naming the file and the fix (delete it and rerun prepare_data).
+    """
+    path = pathlib.Path(path)
+    fix = (f"delete {path} and {meta_path(path).name} and rerun the prepare_data step "
+           "(snakemake rebuilds them)")
+    if meta is None:
+        if not meta_path(path).is_file():
+            raise DataError(f"{path} has no {meta_path(path).name} (its checksums); it was not written by "
+                            f"harness.data.prepare_train_set or the meta was lost: {fix}")
+        meta = read_json(meta_path(path), "prepared-data meta")
+    if not isinstance(meta, dict) or not meta.get("sha256"):
+        raise DataError(f"{meta_path(path)} holds no sha256 for {path}: {fix}")
+    digest = sha256_file(path)
+    if digest != meta["sha256"]:
+        raise DataError(f"{path} was modified or is corrupt: sha256 {digest}, its meta {meta_path(path)} "
+                        f"records {meta['sha256']}: {fix}")
+    return meta
+
+
+def read_records(path, verify: bool = True) -> list[dict]:
+    """Records of a .json (list) or .jsonl file.
+
+    If `<path>.meta.json` exists (a prepared file) and `verify`, the file is first checked
+    against the sha256 it records. Invalid JSON is a DataError naming the file (and the line,
+    for .jsonl).
+    """
+    path = pathlib.Path(path)
+    if verify and meta_path(path).is_file():
+        verify_prepared(path)
+    if path.suffix != ".jsonl":
+        records = read_json(path, "data file")
+        if not isinstance(records, list):
+            raise DataError(f"data file {path} holds a JSON {type(records).__name__}, not a list of records")
+        return records
+    records = []
     with open(path, encoding="utf-8") as handle:
-        if path.suffix == ".jsonl":
-            return [json.loads(line) for line in handle if line.strip()]
-        return json.load(handle)
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise DataError(f"data file {path}, line {number}, is not valid JSON ({err}); the file "
+                                    "is corrupt: replace it with the upstream file") from err
+    return records
+
+
+def load_train_set(path) -> tuple[list[dict], dict]:
+    """A prepared training set and its meta, verified against the meta's sha256 and count.
+
+    What the training loop reads: a file without its meta, modified since it was prepared,
+    or not holding the records the meta counts, is a DataError naming the file and the fix.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training set {path} not found; run the prepare_data step "
+                                "(harness.data.prepare_train_set) first")
+    meta = verify_prepared(path)
+    records = read_records(path, verify=False)
+    if len(records) != meta.get("records"):
+        raise DataError(f"{path} holds {len(records)} records, its meta counts {meta.get('records')}: "
+                        f"delete {path} and rerun the prepare_data step")
+    check_records(records, str(path))
+    return records, meta
 
 
 def check_records(records: list[dict], where: str) -> list[dict]:
@@ -248,37 +381,204 @@ def _train_sources(spec: dict) -> list[tuple[str, str, callable]]:
     raise ValueError(f"unknown training set {name!r}; choose one of {TRAIN_SETS}")
 
 
-def prepare_train_set(spec: dict, data_root, out_path) -> dict:
+def check_carve(spec: dict, eval_limit) -> None:
+    """A carve (training records taken from test sets) must leave the evaluated head alone.
+
+    Evaluation uses the first `eval_limit` records of each test set (None: all of them); the
+    carve takes records from index `carve.offset` on, so it needs offset >= eval_limit.
+    """
+    carve = spec.get("carve")
+    if not carve:
+        return
+    offset = carve.get("offset")
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 1:
+        raise ValueError(f"dataset {spec.get('name')!r}: carve.offset must be a positive integer (the number "
+                         f"of test records reserved for evaluation), got {offset!r}")
+    if eval_limit is None:
+        raise ValueError(f"dataset {spec.get('name')!r}: carve takes training records from the test sets, "
+                         "but the suite evaluates whole test sets (eval.<suite>.limit: null); set "
+                         f"eval.<suite>.limit <= carve.offset ({offset}) or remove carve")
+    if int(eval_limit) > offset:
+        raise ValueError(f"dataset {spec.get('name')!r}: carve.offset {offset} is below eval.<suite>.limit "
+                         f"{eval_limit}: carved training records would be evaluated; set carve.offset >= "
+                         f"{eval_limit}")
+
+
+def _carve_tasks(spec: dict) -> list[str]:
+    carve = spec.get("carve") or {}
+    tasks = list(carve.get("tasks", []))
+    unknown = [t for t in tasks if t not in _TEST_FILES]
+    if unknown or not tasks and carve:
+        raise ValueError(f"dataset {spec.get('name')!r}: carve.tasks {unknown or tasks} must be a non-empty "
+                         f"list of test tasks from {COMMONSENSE_TASKS + MATH_TASKS}")
+    return tasks
+
+
+def _carve(spec: dict, data_root) -> tuple[list[dict], list[str], list[dict], int]:
+    """Training records cut from test sets at index >= carve.offset (disjoint from evaluation).
+
+    Returns (records, source label per record, provenance per task, records dropped because
+    their prompt equals one of the reserved (evaluated) records).
+    """
+    carve = spec.get("carve") or {}
+    offset = int(carve.get("offset", 0))
+    cap = carve.get("max_per_task")
+    records, labels, provenance, dropped = [], [], [], 0
+    for task in _carve_tasks(spec):
+        entry = locate_test_set(task, data_root)
+        convert = _NATIVE_CONVERTERS.get(entry["relpath"], lambda r: r)
+        every = check_records([convert(r) for r in read_records(entry["path"])], entry["relpath"])
+        if len(every) <= offset:
+            raise ValueError(f"carve: {entry['path']} holds {len(every)} records, none beyond the reserved "
+                             f"offset {offset}; lower carve.offset (>= eval limit) or drop {task} from carve.tasks")
+        reserved = {(r["instruction"], r["input"]) for r in every[:offset]}
+        stop = len(every) if cap is None else min(len(every), offset + int(cap))
+        taken = [r for r in every[offset:stop] if (r["instruction"], r["input"]) not in reserved]
+        dropped += (stop - offset) - len(taken)
+        records += taken
+        labels += [f"carve:{task}"] * len(taken)
+        provenance.append({**entry, "task": task, "test_records": len(every), "reserved_head": offset,
+                           "index_start": offset, "index_stop": stop, "records": len(taken),
+                           "dropped_same_prompt_as_reserved": (stop - offset) - len(taken)})
+    return records, labels, provenance, dropped
+
+
+def prepare_train_set(spec: dict, data_root, out_path, eval_limit=None) -> dict:
     """Build a training set in LLM-Adapters JSON at out_path, plus `<out_path>.meta.json`.
 
     spec: {"name": one of TRAIN_SETS, "max_records": int | None, "seed": int,
-    "sources": [...] (mirror sets only), "shuffle": bool (default True)}. Records of all
-    sources are concatenated, shuffled with `seed`, then cut to `max_records`. Returns the meta
-    dict: sources (path, sha256, pinned, records), record count, output sha256.
+    "sources": [...] (mirror sets only), "shuffle": bool (default True),
+    "carve": {"tasks": [...], "offset": int, "max_per_task": int | None} (optional)}.
+
+    Records of all sources (and, with `carve`, the records of each listed test set from index
+    `carve.offset` on: evaluation reads the first `eval.<suite>.limit` records, so they never
+    overlap; `eval_limit` is checked against the offset when given) are concatenated; records
+    with an empty `output` are dropped (counted); the rest are shuffled with `seed` and then
+    cut to `max_records`, so a subset mixes every source in proportion. This is the one place
+    that subsamples training data. Returns the meta dict: sources (path, sha256, pinned,
+    records read, records kept), carved (provenance), records, dropped, output sha256.
     """
-    records, sources = [], []
+    if eval_limit is not None:
+        check_carve(spec, eval_limit)
+    records, labels, sources = [], [], []
     for label, relpath, convert in _train_sources(spec):
         entry = fetch_file(relpath, data_root)
         raw = read_records(entry["path"])
         part = check_records([convert(r) for r in raw], relpath)
         records += part
+        labels += [label] * len(part)
         sources.append({**entry, "source": label, "records": len(part)})
+    carved, carve_dropped = [], 0
+    if spec.get("carve"):
+        extra, extra_labels, carved, carve_dropped = _carve(spec, data_root)
+        records += extra
+        labels += extra_labels
+    keep = [i for i, r in enumerate(records) if str(r.get("output") or "").strip()]
+    dropped = {"empty_output": len(records) - len(keep), "carve_same_prompt_as_evaluated": carve_dropped}
+    records, labels = [records[i] for i in keep], [labels[i] for i in keep]
     seed = int(spec.get("seed", 0))
+    order = list(range(len(records)))
     if spec.get("shuffle", True):
-        random.Random(seed).shuffle(records)
+        random.Random(seed).shuffle(order)
     limit = spec.get("max_records")
     if limit is not None:
-        records = records[:int(limit)]
+        order = order[:int(limit)]
+    records, labels = [records[i] for i in order], [labels[i] for i in order]
+    if not records:
+        raise ValueError(f"training set {spec['name']!r} is empty after dropping records without an answer "
+                         f"({dropped}); check its sources")
+    kept = {lab: labels.count(lab) for lab in dict.fromkeys(labels)}
+    for src in sources:
+        src["kept"] = kept.get(src["source"], 0)
+    for prov in carved:
+        prov["kept"] = kept.get(f"carve:{prov['task']}", 0)
     out_path = pathlib.Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(out_path, "w", encoding="utf-8") as handle:
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
         json.dump(records, handle, ensure_ascii=False, indent=1)
+    tmp.replace(out_path)
     root = _as_root(data_root)
     meta = {"name": spec["name"], "spec": dict(spec), "data_root": str(root) if root else "download",
-            "sources": sources, "records": len(records), "seed": seed, "max_records": limit,
+            "sources": sources, "carved": carved, "eval_limit": eval_limit, "records": len(records),
+            "records_by_source": kept, "dropped": dropped, "seed": seed, "max_records": limit,
             "path": str(out_path), "sha256": sha256_file(out_path)}
-    atomic_write_json(pathlib.Path(f"{out_path}.meta.json"), meta)
+    atomic_write_json(meta_path(out_path), meta)
     return meta
+
+
+_CHECKSUM_CACHES: dict[str, dict] = {}
+
+
+def cached_sha256(path, cache=None) -> str:
+    """sha256 of a file, remembered in the JSON file `cache` by (resolved path, size, mtime_ns).
+
+    With cache None it is computed. A changed size or mtime recomputes it; an unreadable
+    cache is rebuilt (it is only a cache).
+    """
+    path = pathlib.Path(path).resolve()
+    if cache is None:
+        return sha256_file(path)
+    stat = path.stat()
+    stamp = [stat.st_size, stat.st_mtime_ns]
+    key = str(cache)
+    table = _CHECKSUM_CACHES.get(key)
+    if table is None:
+        try:
+            table = json.loads(pathlib.Path(cache).read_text())
+            table = table if isinstance(table, dict) else {}
+        except (OSError, ValueError):
+            table = {}
+        _CHECKSUM_CACHES[key] = table
+    hit = table.get(str(path))
+    if isinstance(hit, list) and len(hit) == 3 and hit[:2] == stamp:
+        return hit[2]
+    digest = sha256_file(path)
+    table[str(path)] = [*stamp, digest]
+    atomic_write_json(pathlib.Path(cache), table)
+    return digest
+
+
+def _content_checksum(relpath: str, data_root, cache=None) -> str:
+    """The sha256 of what `relpath` holds: the mirror's file (cached by path, size, mtime), or in
+    download mode the pinned sum (else "upstream:<url at a pinned commit>"). A missing mirror
+    file raises the error of fetch_file, before any job runs."""
+    root = _as_root(data_root)
+    if root is not None:
+        path = root / relpath
+        if not path.is_file():
+            fetch_file(relpath, root)  # raises, naming where it looked
+        return cached_sha256(path, cache)
+    url, pinned = FILES.get(relpath, (None, None))
+    if pinned is not None:
+        return pinned
+    # no pinned sum: the upstream URL names a commit, so it identifies the content (no download
+    # while the DAG is built; the job records the downloaded file's sha256 in its meta)
+    if url is None:
+        fetch_file(relpath, None)  # raises: a mirror-only file cannot be downloaded
+    return f"upstream:{url}"
+
+
+def spec_files(spec: dict, data_root) -> list[str]:
+    """Relative paths of exactly the files a training-set spec reads."""
+    files = [relpath for _, relpath, _ in _train_sources(spec)]
+    files += [_first_available(_TEST_FILES[t], data_root) for t in _carve_tasks(spec)]
+    return files
+
+
+def source_checksums(spec: dict, data_root, cache=None) -> dict:
+    """{relpath: sha256} of the files a training-set spec reads (for the prepare_data params)."""
+    return {rel: _content_checksum(rel, data_root, cache) for rel in spec_files(spec, data_root)}
+
+
+def test_set_checksums(tasks, data_root, cache=None) -> dict:
+    """{task: sha256} of the test-set file each task is evaluated on (for the evaluate params)."""
+    out = {}
+    for task in tasks:
+        if task not in _TEST_FILES:
+            raise ValueError(f"unknown test task {task!r}; choose from {COMMONSENSE_TASKS + MATH_TASKS}")
+        out[task] = _content_checksum(_first_available(_TEST_FILES[task], data_root), data_root, cache)
+    return out
 
 
 def locate_test_set(task: str, data_root) -> dict:
@@ -300,3 +600,6 @@ def load_test_set(task: str, data_root, limit: int | None = None) -> list[dict]:
     convert = _NATIVE_CONVERTERS.get(entry["relpath"], lambda r: r)
     records = check_records([convert(r) for r in read_records(entry["path"])], entry["relpath"])
     return records if limit is None else records[:int(limit)]
+
+
+test_set_checksums.__test__ = False  # a library function, not a pytest test

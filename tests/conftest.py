@@ -1,0 +1,34 @@
+"""Shared fixtures. `data_root`: the offline data mirror, or a skip that says why.
+
+The mirror is found the way the harness finds it: the environment variable SMT_DATA_ROOT,
+else `../shared/data` relative to the repository (the layout the default config assumes).
+Tests that need it take the fixture; without a mirror they are skipped with the reason and
+the fix, never failed, so a clean clone anywhere on disk passes the README's test command.
+"""
+import os
+import pathlib
+
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def find_data_root() -> tuple[pathlib.Path, str]:
+    """(candidate mirror, where the candidate came from)."""
+    env = os.environ.get("SMT_DATA_ROOT")
+    if env and env != "download":
+        path = pathlib.Path(env).expanduser()
+        return (path if path.is_absolute() else REPO_ROOT / path), "SMT_DATA_ROOT"
+    return REPO_ROOT.parent / "shared" / "data", "the default ../shared/data next to the repository"
+
+
+@pytest.fixture()
+def data_root(monkeypatch) -> pathlib.Path:
+    """The resolved offline data mirror; SMT_DATA_ROOT is then unset for the test, so the
+    functions under test use exactly the root they are given."""
+    root, source = find_data_root()
+    if not (root / "llm-adapters").is_dir():
+        pytest.skip(f"offline data mirror not found at {root} ({source}); set SMT_DATA_ROOT to a copy "
+                    "of the mirror to run this test")
+    monkeypatch.delenv("SMT_DATA_ROOT", raising=False)
+    return root.resolve()
