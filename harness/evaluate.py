@@ -1,6 +1,7 @@
 """Evaluation through lm-eval with the LLM-Adapters protocol.
 
-Each test task is a local lm-eval task (`harness/tasks/llm_adapters_<task>.yaml`): the
+Each test task is defined once in `harness.tasks` (suite, answer rule, label words, generation
+length), from which its lm-eval task file `harness/tasks/llm_adapters_<task>.yaml` is generated: the
 dataset comes from `harness.data.load_test_set`, the prompt is the LLM-Adapters evaluation
 prompt, generation is greedy (or beam search) with batched, left-padded inputs, and the answer
 is extracted from the generated response (the text after `### Response:`, cut at a further
@@ -14,36 +15,34 @@ is extracted from the generated response (the text after `### Response:`, cut at
   "Answer: C" yields "A"; here (a deliberate, recorded deviation) the letter must stand alone:
   "answer is (C)" / "answer is C" first, else the first "(C)", else the first standalone C.
 
-A response with no match counts as wrong and as an extraction failure. Predictions do not
+A response with no match counts as wrong and as an extraction failure. Per task the output
+also records the label prior (accuracy of always answering the most frequent label of the
+examples evaluated), the distribution of predictions and a `degenerate` flag (one answer for
+>= 90 % of the examples), so that a model which always says one label is seen as such. Predictions do not
 depend on the batch size (tested for greedy and beam search; see `BeamSafeHFLM`).
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 import re
+import tempfile
 import time
+from collections import Counter
 
 from lm_eval.models.huggingface import HFLM
 
-from harness.data import COMMONSENSE_TASKS, MATH_TASKS, locate_test_set, resolve_data_root
+from harness import stats
+from harness.data import locate_test_set, resolve_data_root
 from harness.prompts import RESPONSE_MARKER
 from harness.records import REPO_ROOT, atomic_write_json
+from harness.tasks import TASK_PREFIX, TASKS, TASKS_DIR, get_task
 
-TASKS_DIR = pathlib.Path(__file__).resolve().parent / "tasks"
-TASK_PREFIX = "llm_adapters_"
-LABEL_PATTERNS = {
-    "boolq": r"true|false",
-    "piqa": r"solution1|solution2",
-    "social_i_qa": r"answer1|answer2|answer3|answer4|answer5",
-    "ARC-Challenge": r"answer1|answer2|answer3|answer4|answer5",
-    "ARC-Easy": r"answer1|answer2|answer3|answer4|answer5",
-    "openbookqa": r"answer1|answer2|answer3|answer4|answer5",
-    "hellaswag": r"ending1|ending2|ending3|ending4",
-    "winogrande": r"option1|option2",
-}
 NUMBER_TOLERANCE = 1e-3
+DEGENERATE_SHARE = 0.9  # a task's predictions are "degenerate" when one answer is >= 90 % of them
+NO_PREDICTION = "<none>"
 _AQUA_PATTERNS = [r"(?i:answer is):?\s*\(?([A-E])\b", r"\(([A-E])\)", r"\b([A-E])\b"]
 PROTOCOL_NOTES = [
     "LLM-Adapters evaluation prompt; response = generated text up to a further '### Response:', stripped",
@@ -55,11 +54,6 @@ PROTOCOL_NOTES = [
 ]
 
 
-def _check_task(task: str) -> None:
-    if task not in COMMONSENSE_TASKS + MATH_TASKS:
-        raise ValueError(f"unknown task {task!r}; choose from {COMMONSENSE_TASKS + MATH_TASKS}")
-
-
 def response_text(generation: str) -> str:
     """The response part of a generated continuation, as LLM-Adapters splits it."""
     return generation.split(RESPONSE_MARKER)[0].strip()
@@ -67,12 +61,12 @@ def response_text(generation: str) -> str:
 
 def extract_answer(task: str, text: str) -> str | float | None:
     """The answer in a response: a label string, a number (float) or an option letter; None if none."""
-    _check_task(task)
+    spec = get_task(task)
     text = text.strip()
-    if task in LABEL_PATTERNS:
-        found = re.findall(LABEL_PATTERNS[task], text)
+    if spec.answer == "label":
+        found = re.findall(spec.label_pattern, text)
         return found[0] if found else None
-    if task == "AQuA":
+    if spec.answer == "letter":
         for pattern in _AQUA_PATTERNS:
             match = re.search(pattern, text)
             if match:
@@ -84,13 +78,25 @@ def extract_answer(task: str, text: str) -> str | float | None:
 
 def is_correct(task: str, pred, label) -> bool:
     """Whether an extracted prediction matches the label (numbers: within 1e-3)."""
-    _check_task(task)
+    spec = get_task(task)
     if pred is None:
         return False
-    if task in MATH_TASKS and task != "AQuA":
+    if spec.answer == "number":
         value = float(label)
         return math.isfinite(pred) and abs(value - float(pred)) <= NUMBER_TOLERANCE
     return pred == label
+
+
+def answer_key(task: str, value) -> str:
+    """A prediction or label as a string key for counting (numbers as repr(float); None: '<none>')."""
+    if value is None:
+        return NO_PREDICTION
+    if get_task(task).answer == "number":
+        try:
+            return repr(float(value))
+        except ValueError:
+            return str(value)
+    return str(value)
 
 
 def score(task: str, generation: str) -> dict:
@@ -98,6 +104,39 @@ def score(task: str, generation: str) -> dict:
     response = response_text(generation)
     pred = extract_answer(task, response)
     return {"response": response, "prediction": pred, "extraction_failure": pred is None}
+
+
+def task_summary(task: str, rows: list[dict]) -> dict:
+    """Per-task numbers of the evaluation output from the task's prediction rows.
+
+    rows: {label, prediction, extraction_failure, correct} per example. Returns accuracy, n,
+    correct, extraction_failures, ci95 (Wilson), label_prior (accuracy of always answering the
+    most frequent label of these examples), prior_label, label_counts, prediction_counts,
+    top_prediction, top_prediction_share and degenerate (top share >= DEGENERATE_SHARE).
+    """
+    if not rows:
+        raise ValueError(f"{task}: no predictions")
+    n = len(rows)
+    correct = sum(bool(r["correct"]) for r in rows)
+    prior = stats.label_prior([answer_key(task, r["label"]) for r in rows])
+    # the constant predictor is scored with the task's own rule (numbers: within 1e-3)
+    prior_value = float(prior["prior_label"]) if get_task(task).answer == "number" else prior["prior_label"]
+    prior_acc = sum(is_correct(task, prior_value, r["label"]) for r in rows) / n
+    preds = Counter(answer_key(task, r["prediction"]) for r in rows)
+    top = min(preds, key=lambda k: (-preds[k], k))
+    lo, hi = stats.wilson(correct, n)
+    return {"accuracy": correct / n, "n": n, "correct": correct,
+            "extraction_failures": sum(bool(r["extraction_failure"]) for r in rows),
+            "ci95": [lo, hi], "label_prior": prior_acc, "prior_label": prior["prior_label"],
+            "label_counts": prior["label_counts"], "prediction_counts": dict(sorted(preds.items())),
+            "top_prediction": top, "top_prediction_share": preds[top] / n,
+            "degenerate": preds[top] / n >= DEGENERATE_SHARE}
+
+
+def test_set_checksums(tasks, data_root) -> dict:
+    """{task: sha256 of its test file} (content, not location: a job parameter that reruns
+    evaluation exactly when a test file's content changes)."""
+    return {task: locate_test_set(task, data_root)["sha256"] for task in tasks}
 
 
 class BeamSafeHFLM(HFLM):
@@ -127,7 +166,11 @@ def task_manager(data_root, limit):
 
 def _gen_kwargs(eval_cfg: dict) -> dict:
     beams = int(eval_cfg.get("num_beams", 1))
-    return {"do_sample": False, "num_beams": beams, "max_gen_toks": int(eval_cfg.get("max_new_tokens", 32))}
+    kwargs = {"do_sample": False, "num_beams": beams, "max_gen_toks": int(eval_cfg.get("max_new_tokens", 32))}
+    penalty = float(eval_cfg.get("repetition_penalty", 1.0))
+    if penalty != 1.0:  # the authors' evaluation uses 1.1 (paper.yaml); 1.0 is generate()'s default
+        kwargs["repetition_penalty"] = penalty
+    return kwargs
 
 
 def _predictions(task: str, samples: list[dict]) -> list[dict]:
@@ -145,22 +188,42 @@ def _jsonable(obj):
     return json.loads(json.dumps(obj, default=str))
 
 
-def evaluate_model(model, tokenizer, eval_cfg: dict, out_dir) -> dict:
-    """Evaluate an in-memory model on eval_cfg["tasks"] through lm-eval; write predictions.
+def _atomic_write_lines(path: pathlib.Path, lines: list[str]) -> None:
+    """Write text lines through a temporary file and rename (never a torn file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.writelines(lines)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
 
-    eval_cfg: suite, tasks, data_root, limit (first n records of each test set), batch_size,
-    max_new_tokens, num_beams. Writes `<out_dir>/<task>.predictions.jsonl` (one line per example:
-    id, label, generated text, prediction, extraction_failure, correct) and `<out_dir>/<suite>.json`
-    (the returned dict: per task accuracy, n, extraction_failures and the test file's sha256).
-    """
-    import lm_eval
 
+def check_eval_cfg(eval_cfg: dict) -> list[str]:
+    """The task list of eval_cfg, each task known; a clear error otherwise."""
     tasks = list(eval_cfg.get("tasks") or [])
     if not tasks:
         raise ValueError("eval_cfg['tasks'] is empty; list test tasks, e.g. harness.data.SUITES['commonsense']")
     for task in tasks:
-        _check_task(task)
-    data_root = resolve_data_root(eval_cfg.get("data_root"))
+        get_task(task)
+    return tasks
+
+
+def evaluate_model(model, tokenizer, eval_cfg: dict, out_dir, data_root=None) -> dict:
+    """Evaluate an in-memory model on eval_cfg["tasks"] through lm-eval; write predictions.
+
+    eval_cfg: suite, tasks, limit (first n records of each test set), batch_size,
+    max_new_tokens, num_beams (a `data_root` key, if any, is used when the argument is None;
+    the data root is where the data is, not what is evaluated, so it is not part of the result).
+    Writes `<out_dir>/<task>.predictions.jsonl` (one line per example: id, label, generated
+    text, prediction, extraction_failure, correct) and then `<out_dir>/<suite>.json` (the
+    returned dict: status "ok" and per task the numbers of `task_summary`, test_file and
+    test_sha256), each atomically.
+    """
+    import lm_eval
+
+    tasks = check_eval_cfg(eval_cfg)
+    data_root = resolve_data_root(eval_cfg.get("data_root") if data_root is None else str(data_root))
+    eval_cfg = {k: v for k, v in eval_cfg.items() if k != "data_root"}
     limit = eval_cfg.get("limit")
     start = time.time()
     model.eval()
@@ -169,65 +232,92 @@ def evaluate_model(model, tokenizer, eval_cfg: dict, out_dir) -> dict:
         model=lm, tasks=[TASK_PREFIX + t for t in tasks], task_manager=task_manager(data_root, limit),
         gen_kwargs=_gen_kwargs(eval_cfg), log_samples=True, bootstrap_iters=0)
     out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    per_task = {}
+    per_task, predictions = {}, {}
     for task in tasks:
         rows = _predictions(task, output["samples"][TASK_PREFIX + task])
-        with open(out_dir / f"{task}.predictions.jsonl", "w", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(row) + "\n" for row in rows)
-        accuracy = sum(r["correct"] for r in rows) / len(rows)
+        summary = task_summary(task, rows)
         reported = output["results"][TASK_PREFIX + task]["acc,none"]
-        if abs(reported - accuracy) > 1e-9:
-            raise RuntimeError(f"{task}: lm-eval accuracy {reported} differs from the predictions' {accuracy}")
+        if abs(reported - summary["accuracy"]) > 1e-9:
+            raise RuntimeError(f"{task}: lm-eval accuracy {reported} differs from the predictions' "
+                               f"{summary['accuracy']}")
         source = locate_test_set(task, data_root)
-        per_task[task] = {"accuracy": accuracy, "n": len(rows),
-                          "extraction_failures": sum(r["extraction_failure"] for r in rows),
-                          "test_file": source["relpath"], "sha256": source["sha256"]}
+        per_task[task] = {**summary, "test_file": source["relpath"], "test_sha256": source["sha256"]}
+        predictions[task] = rows
+    suite = eval_cfg.get("suite") or "eval"
     result = {
-        "suite": eval_cfg.get("suite"), "tasks": per_task,
+        "suite": suite, "status": "ok", "tasks": per_task,
         "average": sum(t["accuracy"] for t in per_task.values()) / len(per_task),
         "eval_seconds": round(time.time() - start, 2),
         "eval_cfg": _jsonable(eval_cfg), "protocol": PROTOCOL_NOTES,
         "lm_eval": {"version": lm_eval.__version__, "config": _jsonable(output.get("configs", {}))},
     }
-    atomic_write_json(out_dir / f"{eval_cfg.get('suite') or 'eval'}.json", result)
+    for task, rows in predictions.items():  # predictions first, the suite file (the job's output) last
+        _atomic_write_lines(out_dir / f"{task}.predictions.jsonl", [json.dumps(row) + "\n" for row in rows])
+    atomic_write_json(out_dir / f"{suite}.json", result)
     return result
 
 
-def evaluate_run(run_dir, eval_cfg: dict, out_dir) -> dict:
-    """Load a run's base model + delta, merge, evaluate, and merge the results into its record.
+def read_record(record_path) -> dict:
+    """A run record (record.json); an error naming the file when it is missing or not a record."""
+    record_path = pathlib.Path(record_path)
+    if not record_path.is_file():
+        raise FileNotFoundError(f"{record_path} not found: train the run first")
+    try:
+        record = json.loads(record_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{record_path} is not valid JSON ({err}); the file is corrupt: delete the run "
+                         f"directory {record_path.parent} and train the run again") from err
+    if not isinstance(record, dict) or not isinstance(record.get("run_info"), dict) \
+            or "status" not in record["run_info"]:
+        raise ValueError(f"{record_path} is not a run record (no run_info.status); delete the run "
+                         f"directory {record_path.parent} and train the run again")
+    return record
 
-    Reads run_dir/record.json (run_info.config is the resolved run config), loads the prepared
-    base model with `harness.models.load_model` (a relative model path is taken from the
-    repository root), applies the method's delta from
-    train_info.delta_dir (default run_dir/delta) and evaluates with `evaluate_model`. The
-    results land in `<out_dir>/<suite>.json` and under record["eval"][<suite>].
+
+def skipped_result(suite: str, record: dict) -> dict:
+    """The evaluation output of a run that has nothing to evaluate (status not ok)."""
+    info = record["run_info"]
+    reason = f"run status {info.get('status')}"
+    if info.get("error"):
+        reason += f": {info['error']}"
+    return {"suite": suite, "status": "skipped", "reason": reason, "tasks": {}}
+
+
+def evaluate_run(run_dir, eval_cfg: dict, out_dir, data_root=None) -> dict:
+    """Evaluate one run (base model + its delta) and write `<out_dir>/<suite>.json` + predictions.
+
+    Reads run_dir/record.json (never writes it: the record is the train job's output). A run
+    whose status is not "ok" gets the "skipped" output (`skipped_result`) instead of an error,
+    so tables show it as failed/diverged. Otherwise loads the prepared base model with
+    `harness.models.load_model` (run_info.config.model.path; a relative path is taken from the
+    repository root), applies the method's delta from run_dir/delta, merges it, and evaluates
+    with `evaluate_model`. Everything is validated before any output is written.
     """
     from baselines import get_method
     from harness.models import load_model
 
     run_dir = pathlib.Path(run_dir)
-    record_path = run_dir / "record.json"
-    if not record_path.is_file():
-        raise FileNotFoundError(f"{record_path} not found: train the run first")
-    record = json.loads(record_path.read_text())
-    status = record.get("run_info", {}).get("status")
-    if status != "ok":
-        raise RuntimeError(f"run {run_dir} has status {status!r}, not 'ok'; nothing to evaluate "
-                           f"(error: {record.get('run_info', {}).get('error')})")
-    run_cfg = record["run_info"]["config"]
+    record = read_record(run_dir / "record.json")
+    tasks = check_eval_cfg(eval_cfg)
+    suite = eval_cfg.get("suite") or "eval"
+    out_dir = pathlib.Path(out_dir)
+    if record["run_info"]["status"] != "ok":
+        result = skipped_result(suite, record)
+        atomic_write_json(out_dir / f"{suite}.json", result)
+        return result
+    run_cfg = record["run_info"].get("config")
+    if not isinstance(run_cfg, dict) or "model" not in run_cfg or "method" not in run_cfg:
+        raise ValueError(f"{run_dir / 'record.json'}: run_info.config lacks model/method; train the run again")
+    delta_dir = run_dir / "delta"
+    if not delta_dir.is_dir():
+        raise FileNotFoundError(f"{delta_dir} not found although {run_dir / 'record.json'} says status ok; "
+                                f"train the run again")
+    for task in tasks:  # every test file present and verified before the (slow) model load
+        locate_test_set(task, resolve_data_root(eval_cfg.get("data_root") if data_root is None else str(data_root)))
     model_cfg = run_cfg["model"]
     model_path = pathlib.Path(model_cfg["path"])
     model_path = model_path if model_path.is_absolute() else REPO_ROOT / model_path
     model, tokenizer = load_model(model_path, model_cfg.get("dtype", "auto"), model_cfg.get("device", "auto"))
     method = get_method(run_cfg["method"]["name"])(run_cfg)
-    delta_dir = record.get("train_info", {}).get("delta_dir") or run_dir / "delta"
     model = method.merge(method.load(model, delta_dir))
-    result = evaluate_model(model, tokenizer, eval_cfg, out_dir)
-    suite = eval_cfg.get("suite") or "eval"
-    record.setdefault("eval", {})[suite] = {
-        "tasks": result["tasks"], "average": result["average"], "eval_cfg": result["eval_cfg"],
-        "eval_seconds": result["eval_seconds"],
-        "results_file": str(pathlib.Path(out_dir) / f"{suite}.json")}
-    atomic_write_json(record_path, record)
-    return result
+    return evaluate_model(model, tokenizer, eval_cfg, out_dir, data_root=data_root)

@@ -6,7 +6,7 @@ import pathlib
 import pytest
 import torch
 
-from harness.evaluate import evaluate_model, evaluate_run
+from harness.evaluate import evaluate_model, evaluate_run, is_correct
 
 MIRROR = pathlib.Path(os.environ.get("SMT_DATA_ROOT", pathlib.Path(__file__).resolve().parents[1] / "../shared/data"))
 needs_mirror = pytest.mark.skipif(not (MIRROR / "llm-adapters").is_dir(),
@@ -60,12 +60,21 @@ def test_batch_1_and_batch_8_give_the_same_predictions_and_consistent_files(tiny
 
 def _check_outputs(result, out_dir):
     assert json.loads((out_dir / "mini.json").read_text()) == json.loads(json.dumps(result))
+    assert result["status"] == "ok" and "data_root" not in result["eval_cfg"]
     for task in TASKS:
         rows, summary = _rows(out_dir, task), result["tasks"][task]
         assert summary["n"] == len(rows) == 8
         assert summary["accuracy"] == sum(r["correct"] for r in rows) / 8
         assert summary["extraction_failures"] == sum(r["extraction_failure"] for r in rows)
-        assert summary["sha256"] and summary["test_file"].endswith(f"{task}/test.json")
+        assert summary["test_sha256"] and summary["test_file"].endswith(f"{task}/test.json")
+        assert summary["correct"] == sum(r["correct"] for r in rows)
+        labels = [str(r["label"]) for r in rows]
+        top = max(set(labels), key=labels.count)
+        assert summary["label_counts"] == {lab: labels.count(lab) for lab in set(labels)}
+        assert summary["label_prior"] == pytest.approx(sum(is_correct(task, float(top) if task == "gsm8k" else top, lab)
+                                                           for lab in labels) / 8)
+        assert sum(summary["prediction_counts"].values()) == 8
+        assert summary["degenerate"] == (summary["top_prediction_share"] >= 0.9)
         assert {"id", "label", "generated", "prediction", "correct"} <= set(rows[0])
     assert result["average"] == sum(t["accuracy"] for t in result["tasks"].values()) / len(TASKS)
     assert result["lm_eval"]["version"]
@@ -81,29 +90,60 @@ def test_bad_task_and_unevaluable_runs_are_refused(tiny, tmp_path):
         evaluate_model(model, tok, {**_cfg(1), "tasks": []}, tmp_path)
     with pytest.raises(FileNotFoundError, match="record.json"):
         evaluate_run(tmp_path, _cfg(1), tmp_path / "eval")
-    (tmp_path / "record.json").write_text(json.dumps({"run_info": {"status": "diverged", "error": "nan loss"}}))
-    with pytest.raises(RuntimeError, match="diverged"):
+
+
+def test_failed_run_gets_the_skipped_output_and_its_record_is_untouched(tmp_path):
+    record = {"run_info": {"status": "diverged", "error": "loss is nan at step 7"}}
+    (tmp_path / "record.json").write_text(json.dumps(record))
+    before = (tmp_path / "record.json").read_bytes()
+    result = evaluate_run(tmp_path, _cfg(1), tmp_path / "eval")
+    assert result == {"suite": "mini", "status": "skipped", "tasks": {},
+                      "reason": "run status diverged: loss is nan at step 7"}
+    assert json.loads((tmp_path / "eval" / "mini.json").read_text()) == result
+    assert (tmp_path / "record.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("content", ["{\"run_info\": {\"status\": \"ok\"", "[]", "{\"train_info\": {}}"])
+def test_corrupt_record_names_the_file_and_keeps_a_good_evaluation(tmp_path, content):
+    (tmp_path / "record.json").write_text(content)
+    good = tmp_path / "eval" / "mini.json"
+    good.parent.mkdir()
+    good.write_text('{"suite": "mini", "status": "ok", "tasks": {"boolq": {}}}')
+    with pytest.raises(ValueError, match=str(tmp_path / "record.json")):
         evaluate_run(tmp_path, _cfg(1), tmp_path / "eval")
+    assert good.read_text() == '{"suite": "mini", "status": "ok", "tasks": {"boolq": {}}}'
 
 
 @needs_mirror
-@pytest.mark.slow
-def test_evaluate_run_loads_the_delta_and_fills_the_record(tmp_path, monkeypatch):
-    from harness import config as hc, data, models, train
+def test_evaluate_run_uses_base_plus_delta_and_never_writes_the_record(tiny, tmp_path, monkeypatch):
+    """A full_ft delta that differs from the base: evaluate_run must predict with the delta."""
+    from safetensors.torch import save_model
 
     monkeypatch.delenv("SMT_DATA_ROOT", raising=False)
-    cfg = hc.load_config(pathlib.Path(__file__).resolve().parents[1] / "config/test.yaml")
-    cfg["paths"] = {k: str(tmp_path / k) for k in cfg["paths"]}
-    cfg["train"].update(max_steps=1, cutoff_len=512)
-    rid = next(r for r in hc.expand_runs(cfg, "table2") if "/full_ft/" in r)
-    models.prepare_model(hc.model_spec(cfg, "tiny"), hc.model_dir(cfg, "tiny"))
-    data.prepare_train_set(hc.dataset_spec(cfg, "commonsense"), hc.data_root(cfg),
-                           hc.train_set_path(cfg, "commonsense"))
-    run_dir = pathlib.Path(hc.run_dir(cfg, rid))
-    assert train.train(hc.resolve_run(cfg, rid), run_dir)["run_info"]["status"] == "ok"
-    eval_cfg = {**hc.eval_cfg(cfg, "commonsense"), "tasks": ["boolq", "piqa"]}
-    result = evaluate_run(run_dir, eval_cfg, run_dir / "eval")
-    record = json.loads((run_dir / "record.json").read_text())
-    assert record["eval"]["commonsense"]["tasks"] == result["tasks"]
-    assert (run_dir / "eval/commonsense.json").is_file() and (run_dir / "eval/piqa.predictions.jsonl").is_file()
-    assert [t["n"] for t in result["tasks"].values()] == [eval_cfg["limit"]] * 2
+    model, tok = tiny
+    base_dir = tmp_path / "base"
+    model.save_pretrained(base_dir)
+    tok.save_pretrained(base_dir)
+    base = evaluate_model(model, tok, _cfg(4), tmp_path / "base_eval")
+    tuned = type(model)(model.config)
+    tuned.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for p in tuned.parameters():  # a different model of the same shape
+            p.add_(0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    run_dir = tmp_path / "run"
+    (run_dir / "delta").mkdir(parents=True)
+    save_model(tuned, str(run_dir / "delta" / "model.safetensors"))
+    record = {"run_info": {"status": "ok", "config": {
+        "model": {"path": str(base_dir), "dtype": "float32", "device": "cpu"},
+        "method": {"name": "full_ft"}, "budget": None, "train": {}}}}
+    (run_dir / "record.json").write_text(json.dumps(record))
+    before = (run_dir / "record.json").read_bytes()
+    result = evaluate_run(run_dir, _cfg(4), run_dir / "eval", data_root=MIRROR)
+    assert (run_dir / "record.json").read_bytes() == before
+    ref = evaluate_model(tuned, tok, _cfg(4), tmp_path / "tuned_eval")
+    for task in TASKS:
+        got = [r["generated"] for r in _rows(run_dir / "eval", task)]
+        assert got == [r["generated"] for r in _rows(tmp_path / "tuned_eval", task)]
+        assert got != [r["generated"] for r in _rows(tmp_path / "base_eval", task)], "the delta was not applied"
+    assert result["tasks"] == ref["tasks"] and result["status"] == "ok"
+    assert base["tasks"].keys() == result["tasks"].keys()

@@ -1,4 +1,28 @@
-# Evaluate one trained run on one suite -> eval/<suite>.json (+ predictions, record["eval"]).
+# Evaluate one trained run on one suite -> eval/<suite>.json + eval/<task>.predictions.jsonl.
+# The job reads the run's record.json and never writes it. A run whose status is not ok gets a
+# "skipped" eval/<suite>.json, so tables show it as failed/diverged instead of failing.
+# Params hold what determines the result (eval settings and the test files' sha256), not where
+# the data lives: moving the data mirror reruns nothing, changing a test file reruns exactly
+# the evaluations that read it. The output is flagged update(): Snakemake does not delete the
+# previous eval/<suite>.json before the job runs and restores it when the job fails (e.g. on a
+# corrupt record.json), so a good evaluation is never lost.
+import functools
+
+
+@functools.lru_cache(maxsize=None)
+def _eval_params(suite):
+    """eval_cfg of a suite without data_root, plus the sha256 of each of its test files."""
+    from harness import data as hd
+
+    cfg = {k: v for k, v in hc.eval_cfg(CFG, suite).items() if k != "data_root"}
+    checksums = getattr(hd, "test_set_checksums", None)
+    if checksums is None:  # older harness.data: the evaluation module's own helper
+        from harness.evaluate import test_set_checksums as checksums
+    try:
+        sums = checksums(cfg["tasks"], hc.data_root(CFG))
+    except (OSError, ValueError) as err:  # no data here (e.g. a dry run elsewhere): the job will say
+        sums = {"unavailable": str(err).splitlines()[0]}
+    return {"eval_cfg": cfg, "test_sha256": sums}
 
 
 rule evaluate:
@@ -6,13 +30,14 @@ rule evaluate:
         record=f"{RUN}/record.json",
         model=lambda w: model_marker(w.model),
     output:
-        f"{RUN}/eval/{{suite}}.json",
+        update(f"{RUN}/eval/{{suite}}.json"),
     log:
         f"{LOGS}/evaluate/{RUN_ID}/{{suite}}.log",
     benchmark:
         f"{BENCH}/evaluate/{RUN_ID}/{{suite}}.tsv"
     params:
-        eval_cfg=lambda w: hc.eval_cfg(CFG, w.suite),
+        eval_cfg=lambda w: _eval_params(w.suite)["eval_cfg"],
+        test_sha256=lambda w: _eval_params(w.suite)["test_sha256"],
         run_dir=lambda w, input: os.path.dirname(input.record),
     threads: CFG["threads"]
     resources:
