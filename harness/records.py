@@ -10,8 +10,7 @@ import pathlib
 import platform
 import subprocess
 import tempfile
-
-import torch
+import traceback
 
 PACKAGES = ["torch", "transformers", "peft", "accelerate", "datasets", "lm_eval", "tokenizers",
             "safetensors", "snakemake", "numpy"]
@@ -58,6 +57,8 @@ def _version(name: str) -> str | None:
 
 def meta_info(model_path=None, data_path=None) -> dict:
     """Environment of a run: git sha + dirty flag, package versions, torch config, device, checksums."""
+    import torch
+
     status = _git("status", "--porcelain")
     cuda = torch.cuda.is_available()
     info = {
@@ -77,13 +78,19 @@ def meta_info(model_path=None, data_path=None) -> dict:
 
 
 def model_checksums(model_path) -> dict:
-    """Checksums of a prepared model (from its prepared.json, else hashed now)."""
+    """Checksums of a prepared model: weights (from its prepared.json, else hashed now) and the
+    small files that also shape training (config, tokenizer), hashed now."""
     path = pathlib.Path(model_path)
     marker = path / "prepared.json"
     if marker.is_file():
-        prepared = json.loads(marker.read_text())
-        return {k: prepared[k] for k in ("files_sha256", "gguf_sha256", "source") if k in prepared}
-    return {"files_sha256": {w.name: sha256_file(w) for w in sorted(path.glob("*.safetensors"))}}
+        prepared = read_json(marker, "prepared model marker")
+        out = {k: prepared[k] for k in ("files_sha256", "gguf_sha256", "source") if k in prepared}
+    else:
+        out = {"files_sha256": {w.name: sha256_file(w) for w in sorted(path.glob("*.safetensors"))}}
+    small = [p for p in sorted(path.glob("*")) if p.is_file() and p.name != "prepared.json"
+             and p.suffix in (".json", ".txt", ".model", ".jinja")]
+    out["other_sha256"] = {p.name: sha256_file(p) for p in small}
+    return out
 
 
 def data_checksums(data_path) -> dict:
@@ -94,8 +101,146 @@ def data_checksums(data_path) -> dict:
     if not meta.is_file():
         meta = path.with_suffix(".meta.json")
     if meta.is_file():
-        out["meta"] = json.loads(meta.read_text())
+        out["meta"] = read_json(meta, "prepared training set metadata")
     return out
+
+
+def read_json(path, what: str = "JSON file"):
+    """Parse a JSON file; an unreadable or invalid one raises ValueError naming the file and the fix."""
+    path = pathlib.Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{what} {path} cannot be read ({type(err).__name__}: {err}); delete it and rerun "
+                         "the step that writes it") from err
+
+
+def read_record(path) -> dict:
+    """A run record (record.json), with an error naming the file when it is not valid JSON."""
+    return read_json(path, "run record")
+
+
+# ---- run fingerprint: what determines training -----------------------------------------------
+# Keys of a resolved run_cfg that do not change what is trained: identity and descriptions,
+# where files live, execution resources and how often progress is saved.
+_NOT_TRAINING = ("run_id", "config_name", "deviations")
+_NOT_TRAINING_PARTS = {"model": ("path", "name"), "dataset": ("path", "name"), "placement": ("name", "label"),
+                       "train": ("threads", "checkpoint_every", "keep_checkpoints", "max_train_records")}
+
+
+def fingerprint_inputs(run_cfg: dict, meta: dict, code_version: int) -> dict:
+    """Everything that determines a run's training, as one JSON-able dict.
+
+    The resolved run_cfg without paths, threads and descriptive fields (`_NOT_TRAINING*`), a
+    method `plan_path` replaced by the plan file's sha256, the model's checksums and the
+    prepared training set's sha256 (from meta_info, so moving files changes nothing; changing
+    their content does), and the training code's version (harness.train.TRAIN_CODE_VERSION).
+    """
+    cfg = {k: v for k, v in run_cfg.items() if k not in _NOT_TRAINING}
+    for part, drop in _NOT_TRAINING_PARTS.items():
+        if isinstance(cfg.get(part), dict):
+            cfg[part] = {k: v for k, v in cfg[part].items() if k not in drop}
+    method = dict(cfg.get("method") or {})
+    if method.get("plan_path"):
+        plan = pathlib.Path(method["plan_path"])
+        method["plan_path"] = {"sha256": sha256_file(plan) if plan.is_file() else None}
+    cfg["method"] = method
+    model = dict(meta.get("model_checksums") or {})
+    data = meta.get("data_checksums") or {}
+    return {"run_cfg": cfg, "model": model, "data": {"train_sha256": data.get("train_sha256")},
+            "code_version": code_version}
+
+
+def fingerprint(inputs: dict) -> str:
+    """sha256 (hex) of fingerprint_inputs' canonical JSON."""
+    text = json.dumps(inputs, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def fingerprint_diff(old: dict | None, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two fingerprint_inputs dicts (for log messages)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return [prefix or "<all>"] if old != new else []
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        where = f"{prefix}.{key}" if prefix else str(key)
+        if key not in old or key not in new:
+            out.append(where)
+        elif old[key] != new[key]:
+            out += fingerprint_diff(old[key], new[key], where) if isinstance(new[key], dict) else [where]
+    return out
+
+
+# ---- attempts history and failed runs --------------------------------------------------------
+ATTEMPTS_FILE = "attempts.jsonl"
+
+
+def append_attempt(out_dir, entry: dict) -> pathlib.Path:
+    """Append one attempt (a JSON line) to out_dir/attempts.jsonl: the history no rerun erases."""
+    path = pathlib.Path(out_dir) / ATTEMPTS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry, default=str) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    return path
+
+
+def read_attempts(out_dir) -> list[dict]:
+    """The attempts recorded in out_dir/attempts.jsonl (a torn last line is skipped)."""
+    path = pathlib.Path(out_dir) / ATTEMPTS_FILE
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def failed_runs(results_dir) -> list[dict]:
+    """Runs under results_dir/runs whose record.json says failed, diverged or interrupted:
+    [{run_id, status, error, record}], sorted by path. Unreadable records are listed as such."""
+    out = []
+    for path in sorted(pathlib.Path(results_dir).glob("runs/**/record.json")):
+        try:
+            info = read_record(path)["run_info"]
+        except (ValueError, KeyError, TypeError) as err:
+            out.append({"run_id": None, "status": "unreadable", "error": str(err), "record": str(path)})
+            continue
+        if info.get("status") != "ok":
+            out.append({"run_id": info.get("run_id"), "status": info.get("status"), "error": info.get("error"),
+                        "record": str(path)})
+    return out
+
+
+def failed_runs_report(results_dir) -> str:
+    """Human-readable list of failed_runs and the command that retrains them ("" if none)."""
+    runs = failed_runs(results_dir)
+    if not runs:
+        return ""
+    lines = [f"{len(runs)} run(s) under {results_dir} did not finish ok (their records are kept and the "
+             "tables show them as such):"]
+    lines += [f"  {r['status']}: {r['run_id'] or r['record']}: {(r['error'] or '')[:200]}" for r in runs]
+    paths = " ".join(r["record"] for r in runs)
+    lines.append("To train them again (after fixing the cause, e.g. a lower method lr): "
+                 f"snakemake --cores all <target> --forcerun {paths}   (or delete those record.json files). "
+                 f"Each run's history of attempts is in its {ATTEMPTS_FILE}.")
+    return "\n".join(lines)
+
+
+def print_failed_runs(results_dir) -> None:
+    """Print failed_runs_report to stderr (Snakemake's onstart); never raises."""
+    import sys
+
+    try:
+        text = failed_runs_report(results_dir)
+    except Exception:  # noqa: BLE001 - a listing must not stop the workflow
+        text = "could not list failed runs:\n" + traceback.format_exc(limit=2)
+    if text:
+        print(text, file=sys.stderr)
 
 
 def new_record(run_cfg: dict) -> dict:
@@ -112,6 +257,8 @@ def new_record(run_cfg: dict) -> dict:
             "status": "running",
             "error": None,
             "deviations": run_cfg.get("deviations", []),
+            "fingerprint": None,
+            "attempts": [],
         },
         "train_info": {},
         "eval": {},

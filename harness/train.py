@@ -1,13 +1,32 @@
-"""The one training loop shared by every method (incl. SMT warm-up), with checkpoints and resume.
+"""The one training loop shared by every method (incl. SMT warm-up), with config-keyed resume.
 
-`train(run_cfg, out_dir)` writes out_dir/record.json (also on failure), out_dir/delta/ (the
-method's adapter/delta) and, while running, out_dir/checkpoints/. Restarting a run with the
-same out_dir resumes from its latest checkpoint.
+`train(run_cfg, out_dir)` writes out_dir/record.json (status ok, failed, diverged or
+interrupted; on failure with the error, traceback and the loss curve up to it), out_dir/delta/
+(the method's adapter/delta), appends one line per attempt to out_dir/attempts.jsonl (never
+rewritten), and while running keeps out_dir/checkpoints/.
+
+Resume. Every checkpoint, SMT plan (plan.json meta) and warm-up weights file (sidecar
+warmup_weights.json) carries the run's fingerprint (harness.records.fingerprint_inputs: the
+resolved run_cfg without paths/threads/descriptions, model and data checksums and
+TRAIN_CODE_VERSION). A restart with the same fingerprint resumes exactly (same batches, RNG,
+optimizer and scheduler state); any mismatch, an unreadable checkpoint, or a missing file
+discards checkpoints/ and starts afresh, giving the reason in the log and in
+record.run_info.attempts[-1].fresh_start_reason. A diverged run deletes its checkpoints: it is
+never resumed.
+
+The step. `TrainStep` is the one optimizer step (forward on the answer positions only, backward,
+clipping, optimizer and scheduler step) that training runs and profiling (Table 1) times; the
+pieces around it (`build_accelerator`, `load_data`, `batch_stream`, `make_optimizer`,
+`validation_loss`) are public so profiling builds exactly what training builds.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import datetime
+import logging
 import math
+import os
 import pathlib
 import random
 import resource
@@ -19,22 +38,27 @@ import numpy as np
 import torch
 
 import baselines
+from baselines.base import WARMUP_WEIGHTS, StaleResumeError
 from harness.data import read_records
+from harness.loss import causal_lm_loss, n_answer_tokens
 from harness.models import load_model
 from harness.prompts import tokenize_example
-from harness.records import file_sizes, new_record, write_record
+from harness.records import (append_attempt, atomic_write_json, file_sizes, fingerprint, fingerprint_diff,
+                             fingerprint_inputs, new_record, read_attempts, read_json, write_record)
 
-DEEPSPEED_DIR = pathlib.Path(__file__).resolve().parent / "deepspeed"
-CKPT_DIR, CKPT_FILE, WARMUP_WEIGHTS = "checkpoints", "latest.pt", "warmup_weights.pt"
+# Bump when the loop's semantics change (what a step computes, the schedule, the data order):
+# every checkpoint written by an older loop is then discarded instead of resumed.
+# 2: lr logged is the lr the step used; model in train mode; loss on answer positions only;
+#    no-answer examples dropped; validation records held out.
+TRAIN_CODE_VERSION = 2
+CKPT_DIR, CKPT_FILE = "checkpoints", "latest.pt"
+WARMUP_SIDECAR = "warmup_weights.json"
+VAL_SPLIT_SEED = 0  # the held-out validation records depend on the dataset only, never on the run seed
+log = logging.getLogger("harness.train")
 
 
 class DivergedError(RuntimeError):
     """The training loss became NaN or infinite."""
-
-
-def deepspeed_config(method_name: str) -> pathlib.Path:
-    """DeepSpeed ZeRO-2 JSON for `accelerate launch --deepspeed_config_file` (offload for full FT)."""
-    return DEEPSPEED_DIR / ("zero2_offload.json" if method_name == "full_ft" else "zero2.json")
 
 
 def set_seed(seed: int) -> None:
@@ -51,22 +75,76 @@ def peak_memory_bytes(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def load_examples(run_cfg: dict, tokenizer) -> list[dict]:
-    """Tokenized training examples of run_cfg['dataset']['path'] (optionally a seeded subset)."""
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+# ---- data ------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class TrainData:
+    """Tokenized examples of a prepared training set: `train` (what the loop trains on) and `val`
+    (held out: train.val_records records chosen with VAL_SPLIT_SEED, never trained on)."""
+
+    train: list
+    val: list
+    n_records: int
+    n_dropped_no_answer: int
+    val_indices: list  # indices (into the cleaned records) of the held-out records
+
+
+def has_answer(example: dict) -> bool:
+    """Whether a tokenized example keeps at least one label token that carries a loss."""
+    return any(label != -100 for label in example["labels"][1:])
+
+
+def load_data(run_cfg: dict, tokenizer) -> TrainData:
+    """Tokenize run_cfg's prepared training set, drop examples with no answer token left after
+    train.cutoff_len, and hold out train.val_records of them for validation.
+
+    The prepared set is used whole: subsampling happens once, when it is prepared (datasets.
+    <name>.max_records), never here.
+    """
     path = pathlib.Path(run_cfg["dataset"]["path"])
     if not path.is_file():
         raise FileNotFoundError(f"training set {path} not found; run the prepare_data step "
                                 "(harness.data.prepare_train_set) first")
-    records = read_records(path)
-    t = run_cfg["train"]
-    limit = t.get("max_train_records")
-    if limit and len(records) > limit:
-        keep = sorted(random.Random(run_cfg.get("seed", 0)).sample(range(len(records)), limit))
-        records = [records[i] for i in keep]
+    try:
+        records = read_records(path)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"training set {path} is not valid JSON ({err}); delete it and rerun the "
+                         "prepare_data step") from err
     if not records:
-        raise ValueError(f"training set {path} holds no records")
-    return [tokenize_example(tokenizer, r, t["cutoff_len"], t["train_on_inputs"], t["add_eos_token"])
-            for r in records]
+        raise ValueError(f"training set {path} holds no records; check datasets.<name> in the config "
+                         "and rerun the prepare_data step")
+    t = run_cfg["train"]
+    tokenized = [tokenize_example(tokenizer, r, t["cutoff_len"], t["train_on_inputs"], t["add_eos_token"])
+                 for r in records]
+    kept = [e for e in tokenized if has_answer(e)]
+    dropped = len(tokenized) - len(kept)
+    if dropped:
+        log.warning("%s: dropped %d of %d examples whose answer is cut off entirely by train.cutoff_len=%d",
+                    path, dropped, len(tokenized), t["cutoff_len"])
+    if not kept:
+        raise ValueError(f"training set {path}: none of its {len(records)} examples keeps an answer token "
+                         f"after truncation to train.cutoff_len={t['cutoff_len']} tokens (the prompts are "
+                         "longer); raise train.cutoff_len or set train.train_on_inputs: true")
+    n_val = int(t.get("val_records") or 0)
+    if n_val and n_val >= len(kept):
+        raise ValueError(f"train.val_records={n_val} leaves no training example: {path} keeps {len(kept)} "
+                         "examples with an answer; lower train.val_records or prepare more records")
+    held = sorted(random.Random(VAL_SPLIT_SEED).sample(range(len(kept)), n_val)) if n_val else []
+    held_set = set(held)
+    return TrainData(train=[e for i, e in enumerate(kept) if i not in held_set], val=[kept[i] for i in held],
+                     n_records=len(records), n_dropped_no_answer=dropped, val_indices=held)
+
+
+def load_examples(run_cfg: dict, tokenizer) -> list[dict]:
+    """The training examples of load_data (no-answer examples dropped, validation held out)."""
+    return load_data(run_cfg, tokenizer).train
 
 
 class EpochBatches(torch.utils.data.Sampler):
@@ -101,8 +179,25 @@ def collate(pad_id: int):
     return fn
 
 
+def batch_stream(examples: list, run_cfg: dict, pad_id: int, start_step: int, total_steps: int,
+                 accelerator=None):
+    """Iterator over the micro-batches of optimizer steps start_step..total_steps (grad_accum x
+    processes micro-batches per step), identical for any start_step (exact resume)."""
+    t, seed = run_cfg["train"], int(run_cfg.get("seed", 0))
+    per_step = t.get("grad_accum", 1) * (accelerator.num_processes if accelerator else 1)
+    sampler = EpochBatches(len(examples), t["micro_batch_size"], seed, start_step * per_step,
+                           total_steps * per_step)
+    # its own generator: iterating must not draw from torch's global RNG (exact resume)
+    loader = torch.utils.data.DataLoader(examples, batch_sampler=sampler, collate_fn=collate(pad_id),
+                                         generator=torch.Generator().manual_seed(seed))
+    return iter(accelerator.prepare(loader) if accelerator else loader)
+
+
+# ---- optimizer, schedule, accelerator --------------------------------------------------------
 def lr_lambda(total_steps: int, warmup: int, kind: str, offset: int = 0):
-    """LR multiplier at global step offset + s: linear warm-up then linear decay (or constant)."""
+    """LR multiplier of the step with 0-based index offset + s: linear warm-up over `warmup`
+    steps (from 0, as transformers' get_linear_schedule_with_warmup) then linear decay to 0 at
+    total_steps; or "constant" after a warm-up that reaches 1 at its last step."""
     if kind not in ("linear", "constant"):
         raise ValueError(f"unknown lr_scheduler {kind!r}; use linear or constant")
 
@@ -131,6 +226,115 @@ def make_optimizer(model, run_cfg: dict, total_steps: int, offset: int, lr: floa
     return opt, sched
 
 
+def build_accelerator(run_cfg: dict):
+    """The Accelerator a run trains with (the one place it is built): CPU when model.device is
+    "cpu"; under `accelerate launch` it picks up the launcher's processes and DeepSpeed plugin."""
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=run_cfg["model"].get("device") == "cpu")
+
+
+# ---- the step --------------------------------------------------------------------------------
+@dataclasses.dataclass
+class StepResult:
+    """What one TrainStep did: mean micro-batch loss, the learning rate the optimizer step used
+    (0.0 without an optimizer), tokens processed (all processes) and wall seconds."""
+
+    loss: float
+    lr: float
+    tokens: int
+    seconds: float
+
+
+class TrainStep:
+    """One optimizer step: the function training runs and profiling (Table 1) times.
+
+        step = TrainStep(run_cfg["train"], model, optimizer, scheduler, accelerator=acc)
+        result = step(batches)          # -> StepResult(loss, lr, tokens, seconds)
+
+    batches: an iterator of micro-batches (dicts with input_ids, attention_mask, labels, on the
+    model's device; `batch_stream` gives them). One call takes train.grad_accum micro-batches,
+    and for each: loss = harness.loss.causal_lm_loss (LM head on answer positions only), a
+    non-finite loss raises DivergedError before any update, backward of loss / grad_accum
+    (accelerator.backward, gradient sync only on the last micro-batch). Then after_backward(model)
+    (SMT's warm-up gradient scoring), clipping to train.max_grad_norm, optimizer.step,
+    scheduler.step and zero_grad. optimizer None: gradients only (SMT's grad_only warm-up).
+    model/optimizer are the accelerator-prepared ones when an accelerator is given; without one
+    the step runs on the plain model (loss.backward, torch clipping).
+    """
+
+    def __init__(self, train_cfg: dict, model, optimizer=None, scheduler=None, accelerator=None,
+                 after_backward=None):
+        self.t, self.model, self.opt, self.sched, self.acc = train_cfg, model, optimizer, scheduler, accelerator
+        self.after_backward = after_backward
+        self.steps_done = 0
+
+    def __call__(self, batches, step_index: int | None = None) -> StepResult:
+        accum, acc = int(self.t.get("grad_accum", 1)), self.acc
+        where = f"step {step_index + 1}" if step_index is not None else f"step {self.steps_done + 1}"
+        lr = self.opt.param_groups[0]["lr"] if self.opt is not None else 0.0
+        start, losses, tokens = time.perf_counter(), [], 0
+        for i in range(accum):
+            batch = next(batches)
+            sync = acc.no_sync(self.model) if acc is not None and i < accum - 1 else contextlib.nullcontext()
+            with sync:
+                loss = causal_lm_loss(self.model, batch)
+                if not torch.isfinite(loss):
+                    raise DivergedError(f"non-finite loss ({loss.item()}) at {where}; lower the learning "
+                                        "rate (method lr) or check the data and dtype")
+                if acc is not None:
+                    acc.backward(loss / accum)
+                else:
+                    (loss / accum).backward()
+            losses.append(loss.item())
+            tokens += int(batch["attention_mask"].sum()) * (acc.num_processes if acc is not None else 1)
+        if self.after_backward is not None:
+            self.after_backward(acc.unwrap_model(self.model) if acc is not None else self.model)
+        if self.t.get("max_grad_norm"):
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            if acc is not None:
+                acc.clip_grad_norm_(params, self.t["max_grad_norm"])
+            else:
+                torch.nn.utils.clip_grad_norm_(params, self.t["max_grad_norm"])
+        if self.opt is not None:
+            self.opt.step()
+            if self.sched is not None:
+                self.sched.step()
+        self.model.zero_grad(set_to_none=True)
+        self.steps_done += 1
+        return StepResult(loss=sum(losses) / len(losses), lr=float(lr), tokens=tokens,
+                          seconds=time.perf_counter() - start)
+
+
+@torch.no_grad()
+def validation_loss(model, examples: list, batch_size: int, pad_id: int, device) -> float:
+    """Mean cross-entropy over every answer token of `examples` (token-weighted), in eval mode
+    (no dropout) and without gradients; the model's training mode is restored."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for i in range(0, len(examples), batch_size):
+            batch = {k: v.to(device) for k, v in collate(pad_id)(examples[i:i + batch_size]).items()}
+            total += float(causal_lm_loss(model, batch, reduction="sum"))
+            count += n_answer_tokens(batch["labels"])
+    finally:
+        model.train(was_training)
+    return total / max(count, 1)
+
+
+def total_steps(run_cfg: dict, n_examples: int, n_proc: int = 1) -> int:
+    """train.max_steps, else ceil(epochs * micro-batches per epoch / (grad_accum * processes))."""
+    t = run_cfg["train"]
+    if t.get("max_steps"):
+        return int(t["max_steps"])
+    if not t.get("epochs"):
+        raise ValueError("set train.max_steps or train.epochs")
+    per_epoch = math.ceil(n_examples / t["micro_batch_size"]) / (t.get("grad_accum", 1) * n_proc)
+    return max(1, math.ceil(t["epochs"] * per_epoch))
+
+
+# ---- checkpoints and resume ------------------------------------------------------------------
 def _rng_state() -> dict:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -147,8 +351,9 @@ def _set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(out_dir: pathlib.Path, model, opt, sched, state: dict) -> pathlib.Path:
-    """Write trainable params + optimizer + scheduler + RNG + progress to checkpoints/latest.pt."""
-    path = out_dir / CKPT_DIR / CKPT_FILE
+    """Write trainable params + optimizer + scheduler + RNG + progress (state: step, curves,
+    fingerprint, ...) to checkpoints/latest.pt, atomically."""
+    path = pathlib.Path(out_dir) / CKPT_DIR / CKPT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {**state, "rng": _rng_state(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                "trainable": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}}
@@ -169,201 +374,257 @@ def _load_trainable(model, saved: dict) -> None:
             params[name].copy_(tensor)
 
 
-class _Stepper:
-    """Runs optimizer steps over a micro-batch stream; tracks loss, tokens and the LR."""
-
-    def __init__(self, run_cfg, accelerator, model, opt, sched, progress):
-        self.t = run_cfg["train"]
-        self.acc, self.model, self.opt, self.sched, self.progress = accelerator, model, opt, sched, progress
-        self.tokens = 0
-
-    def step(self, batches, global_step: int, hook=None) -> float:
-        """One optimizer step from grad_accum micro-batches; hook(model) runs after backward."""
-        accum = self.t.get("grad_accum", 1)
-        losses, start, n_tok = [], time.time(), 0
-        for i in range(accum):
-            batch = next(batches)
-            if not bool((batch["labels"] != -100).any()):
-                raise ValueError(f"every label of a micro-batch at step {global_step + 1} is masked (prompts longer "
-                                 "than train.cutoff_len?); raise cutoff_len or set train_on_inputs")
-            ctx = self.acc.no_sync(self.model) if i < accum - 1 else contextlib.nullcontext()
-            with ctx:
-                loss = self.model(**batch, use_cache=False).loss
-                if not torch.isfinite(loss):
-                    raise DivergedError(f"non-finite loss ({loss.item()}) at step {global_step + 1}; lower the "
-                                        "learning rate (method.lr) or check the data and dtype")
-                self.acc.backward(loss / accum)
-            losses.append(loss.item())
-            n_tok += int(batch["attention_mask"].sum()) * self.acc.num_processes
-        if hook is not None:
-            hook(self.acc.unwrap_model(self.model))
-        if self.t.get("max_grad_norm"):
-            self.acc.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
-                                     self.t["max_grad_norm"])
-        if self.opt is not None:
-            self.opt.step()
-            self.sched.step()
-        self.model.zero_grad(set_to_none=True)
-        self.tokens += n_tok
-        loss = sum(losses) / len(losses)
-        self.progress.update(1)
-        self.progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{n_tok / max(time.time() - start, 1e-9):.0f}")
-        return loss
+def discard_resume_state(out_dir: pathlib.Path, reason: str) -> None:
+    """Delete out_dir/checkpoints (checkpoint and warm-up weights), logging why."""
+    ckpt_dir = pathlib.Path(out_dir) / CKPT_DIR
+    if ckpt_dir.exists():
+        log.warning("discarding %s: %s", ckpt_dir, reason)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
 
 
-def _total_steps(run_cfg: dict, n_examples: int, n_proc: int) -> int:
-    t = run_cfg["train"]
-    if t.get("max_steps"):
-        return int(t["max_steps"])
-    if not t.get("epochs"):
-        raise ValueError("set train.max_steps or train.epochs")
-    per_epoch = math.ceil(n_examples / t["micro_batch_size"]) / (t.get("grad_accum", 1) * n_proc)
-    return max(1, math.ceil(t["epochs"] * per_epoch))
-
-
-def _run(run_cfg: dict, out_dir: pathlib.Path, record: dict) -> None:
-    from accelerate import Accelerator
-    from tqdm.auto import tqdm
-
-    t, info = run_cfg["train"], record["train_info"]
-    method = baselines.get_method(run_cfg["method"]["name"])(run_cfg)
-    torch.set_num_threads(int(t.get("threads") or torch.get_num_threads()))
-    seed = int(run_cfg.get("seed", 0))
-    set_seed(seed)
-    mcfg = run_cfg["model"]
-    acc = Accelerator(cpu=mcfg.get("device") == "cpu")
-    model, tok = load_model(mcfg["path"], mcfg.get("dtype", "auto"), acc.device)
-    examples = load_examples(run_cfg, tok)
-    total = _total_steps(run_cfg, len(examples), acc.num_processes)
-    warm = method.warmup_steps
-    if warm >= total:
-        raise ValueError(f"SMT warm-up ({warm} steps) must be shorter than the run ({total} steps); "
-                         "lower method.warmup_steps or raise train.max_steps")
-    accum, micro = t.get("grad_accum", 1), t["micro_batch_size"]
-    per_step = accum * acc.num_processes
-
-    def stream(start_step):
-        sampler = EpochBatches(len(examples), micro, seed, start_step * per_step, total * per_step)
-        # its own generator: iterating must not draw from torch's global RNG (exact resume)
-        loader = torch.utils.data.DataLoader(examples, batch_sampler=sampler, collate_fn=collate(tok.pad_token_id),
-                                             generator=torch.Generator().manual_seed(seed))
-        return iter(acc.prepare(loader))
-
-    ckpt_path = out_dir / CKPT_DIR / CKPT_FILE
-    ckpt = torch.load(ckpt_path, weights_only=False) if ckpt_path.is_file() else None
-    progress = tqdm(total=total, desc=run_cfg.get("run_id") or method.name, disable=not acc.is_main_process,
-                    initial=ckpt["step"] if ckpt else 0)
-    start_time = time.time()
-    step, curve, log_every = 0, [], max(1, int(t.get("log_every", 1)))
-    if ckpt is None and warm:
-        step, curve = _warmup(run_cfg, method, acc, model, stream, progress, total, log_every)
-        info["warmup_seconds"] = round(time.time() - start_time, 3)
-        if method.warmup_mode == "full_ft":
-            torch.save({k: v.cpu() for k, v in model.state_dict().items()}, _ckpt_dir(out_dir) / WARMUP_WEIGHTS)
-    elif ckpt is not None:
-        warm_weights = out_dir / CKPT_DIR / WARMUP_WEIGHTS
-        if warm and warm_weights.is_file():
-            model.load_state_dict(torch.load(warm_weights, weights_only=True))
+def _resume_state(out_dir: pathlib.Path, fp: str, fp_inputs: dict, method, attempts: list):
+    """(checkpoint to resume or None, fresh_start_reason or None). Checks the checkpoint, the
+    method's own resume files (method.restore) and the warm-up weights against fingerprint fp."""
+    path = out_dir / CKPT_DIR / CKPT_FILE
+    if not path.is_file():
+        last = attempts[-1] if attempts else None
+        if last is None:
+            return None, None
+        how = f"ended {last.get('status')}" + (f" ({last['error']})" if last.get("error") else "")
+        return None, f"no checkpoint to resume; the previous attempt {how}"
+    try:
+        ckpt = torch.load(path, weights_only=False, map_location="cpu")
+    except Exception as err:  # noqa: BLE001 - any unreadable checkpoint means: start afresh
+        return None, f"checkpoint {path} is unreadable ({type(err).__name__}: {err})"
+    if ckpt.get("fingerprint") != fp:
+        changed = fingerprint_diff(ckpt.get("fingerprint_inputs"), fp_inputs)
+        return None, (f"checkpoint {path} belongs to run fingerprint {str(ckpt.get('fingerprint'))[:12]}, "
+                      f"this run is {fp[:12]} (changed: {', '.join(changed[:8]) or 'unknown'})")
+    if method.warmup_steps and method.warmup_mode == "full_ft":
+        side = out_dir / CKPT_DIR / WARMUP_SIDECAR
+        try:
+            stamped = read_json(side, "warm-up weights sidecar").get("fingerprint")
+        except ValueError as err:
+            return None, str(err)
+        if stamped != fp or not (out_dir / CKPT_DIR / WARMUP_WEIGHTS).is_file():
+            return None, (f"warm-up weights in {out_dir / CKPT_DIR} are missing or belong to run fingerprint "
+                          f"{str(stamped)[:12]}, not {fp[:12]}")
+    try:  # last: it may remember the files it reuses
         method.restore(out_dir)
-    info.update(method.apply(model, out_dir))
-    record["run_info"]["budget_reached"] = info["budget_reached"]
-    opt, sched = make_optimizer(model, run_cfg, total, warm)
-    if ckpt is not None:
-        _load_trainable(model, ckpt["trainable"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        step, curve = ckpt["step"], ckpt["loss_curve"]
-        info["resumed_from_step"] = step
-    model, opt = acc.prepare(model, opt)
-    batches = stream(step)
-    if ckpt is not None:
-        _set_rng_state(ckpt["rng"])
-    stepper = _Stepper(run_cfg, acc, model, opt, sched, progress)
-    stepper.tokens = ckpt["tokens"] if ckpt else 0
-    prior_seconds = ckpt["train_seconds"] if ckpt else 0.0
-    main_start, every = time.time(), t.get("checkpoint_every")
-    if warm and ckpt is None:
-        _checkpoint(out_dir, acc, model, opt, sched, step, curve, stepper, prior_seconds, main_start)
-    while step < total:
-        loss = stepper.step(batches, step)
-        step += 1
-        if step % log_every == 0 or step == total:
-            curve.append({"step": step, "loss": round(loss, 6), "lr": sched.get_last_lr()[0]})
-        if every and step % every == 0 and step < total:
-            _checkpoint(out_dir, acc, model, opt, sched, step, curve, stepper, prior_seconds, main_start)
-    progress.close()
-    seconds = prior_seconds + time.time() - main_start
-    model = acc.unwrap_model(model)
-    delta = method.save(model, out_dir / "delta")
-    delta_files = file_sizes(out_dir / "delta")
-    info.update({"steps": step, "warmup_steps": warm, "micro_batch_size": micro, "grad_accum": accum,
-                 "num_processes": acc.num_processes, "n_examples": len(examples), "tokens": stepper.tokens,
-                 "loss_curve": curve, "first_loss": curve[0]["loss"] if curve else None,
-                 "final_loss": curve[-1]["loss"] if curve else None, "train_seconds": round(seconds, 3),
-                 "tokens_per_s": round(stepper.tokens / max(seconds, 1e-9), 1),
-                 "peak_memory_bytes": peak_memory_bytes(acc.device), "adapter_path": str(delta),
-                 "adapter_bytes": sum(delta_files.values()), "adapter_files": delta_files})
-    if acc.is_main_process and not t.get("keep_checkpoints"):
-        shutil.rmtree(out_dir / CKPT_DIR, ignore_errors=True)
+    except (StaleResumeError, ValueError, OSError) as err:
+        return None, f"cannot resume the method's own state: {err}"
+    return ckpt, None
 
 
-def _ckpt_dir(out_dir: pathlib.Path) -> pathlib.Path:
-    path = out_dir / CKPT_DIR
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+# ---- the run ---------------------------------------------------------------------------------
+class _Run:
+    """State of one attempt; `run()` starts fresh or resumes, then trains to the end."""
 
+    def __init__(self, run_cfg: dict, out_dir: pathlib.Path, record: dict, attempt: dict, attempts: list):
+        self.cfg, self.out_dir, self.record, self.attempt, self.attempts = run_cfg, out_dir, record, attempt, attempts
+        self.t, self.info = run_cfg["train"], record["train_info"]
+        self.curve, self.val_curve = [], []
+        self.info.update({"loss_curve": self.curve, "val_curve": self.val_curve, "steps": 0})
 
-def _checkpoint(out_dir, acc, model, opt, sched, step, curve, stepper, prior_seconds, main_start):
-    if acc.is_main_process:
-        state = {"step": step, "loss_curve": list(curve), "tokens": stepper.tokens,
-                 "train_seconds": prior_seconds + time.time() - main_start}
-        save_checkpoint(out_dir, acc.unwrap_model(model), opt, sched, state)
-    acc.wait_for_everyone()
+    def _log_point(self, step: int, res: StepResult, phase: str | None = None):
+        point = {"step": step, "loss": round(res.loss, 6), "lr": res.lr}
+        if phase:
+            point["phase"] = phase
+        self.curve.append(point)
 
+    def _validate(self, step: int, phase: str | None = None):
+        if not self.data.val:
+            return
+        loss = validation_loss(self.model, self.data.val, self.t["micro_batch_size"], self.tok.pad_token_id,
+                               self.acc.device)
+        point = {"step": step, "val_loss": round(loss, 6)}
+        if phase:
+            point["phase"] = phase
+        self.val_curve.append(point)
+        self.info["final_val_loss"] = point["val_loss"]
+        log.info("step %d: validation loss %.4f", step, loss)
 
-def _warmup(run_cfg, method, acc, model, stream, progress, total, log_every):
-    """SMT warm-up: full-FT steps with their own optimizer, or gradient-only steps."""
-    for p in model.parameters():
-        p.requires_grad_(True)
-    method.begin_warmup(model)
-    opt = sched = None
-    if method.warmup_mode == "full_ft":
-        opt, sched = make_optimizer(model, run_cfg, total, 0, lr=getattr(method, "warmup_lr", None))
+    def _checkpoint(self, model, opt, sched, step: int):
+        if self.acc.is_main_process:
+            state = {"fingerprint": self.fp, "fingerprint_inputs": self.fp_inputs, "step": step,
+                     "loss_curve": list(self.curve), "val_curve": list(self.val_curve), "tokens": self.tokens,
+                     "train_seconds": self.prior_seconds + time.time() - self.main_start}
+            save_checkpoint(self.out_dir, self.acc.unwrap_model(model), opt, sched, state)
+        self.acc.wait_for_everyone()
+
+    def run(self):
+        from tqdm.auto import tqdm
+
+        cfg, t, info, out_dir = self.cfg, self.t, self.info, self.out_dir
+        self.fp_inputs = fingerprint_inputs(cfg, self.record["meta_info"], TRAIN_CODE_VERSION)
+        self.fp = fingerprint(self.fp_inputs)
+        self.record["run_info"]["fingerprint"] = self.attempt["fingerprint"] = self.fp
+        method = baselines.get_method(cfg["method"]["name"])(cfg)
+        method.fingerprint = self.fp
+        torch.set_num_threads(int(t.get("threads") or torch.get_num_threads()))
+        seed = int(cfg.get("seed", 0))
+        set_seed(seed)
+        acc = self.acc = build_accelerator(cfg)
+        ckpt, reason = _resume_state(out_dir, self.fp, self.fp_inputs, method, self.attempts)
+        acc.wait_for_everyone()
+        if ckpt is None:
+            if reason:
+                log.warning("starting run %s afresh: %s", cfg.get("run_id"), reason)
+            if acc.is_main_process:
+                discard_resume_state(out_dir, reason or "fresh start")
+            acc.wait_for_everyone()
+        self.attempt["fresh_start_reason"] = reason
+        mcfg = cfg["model"]
+        model, self.tok = load_model(mcfg["path"], mcfg.get("dtype", "auto"), acc.device)
+        model.train()  # from_pretrained returns eval mode; training runs with dropout, as HF's Trainer
+        self.model = model
+        data = self.data = load_data(cfg, self.tok)
+        info.update({"n_records": data.n_records, "n_dropped_no_answer": data.n_dropped_no_answer,
+                     "n_examples": len(data.train), "n_val_examples": len(data.val)})
+        total = total_steps(cfg, len(data.train), acc.num_processes)
+        warm = method.warmup_steps
+        if warm >= total:
+            raise ValueError(f"SMT warm-up ({warm} steps) must be shorter than the run ({total} steps); "
+                             "lower the method's warmup_steps or raise train.max_steps")
+        val_every = int(t.get("val_every") or t.get("checkpoint_every") or 10)
+        progress = tqdm(total=total, desc=cfg.get("run_id") or method.name, disable=not acc.is_main_process,
+                        initial=ckpt["step"] if ckpt else 0)
+        start_time, step = time.time(), 0
+        log_every = max(1, int(t.get("log_every", 1)))
+
+        def stream(start_step):
+            return batch_stream(data.train, cfg, self.tok.pad_token_id, start_step, total, acc)
+
+        ckpt_dir = out_dir / CKPT_DIR
+        if ckpt is None and warm:
+            self._validate(0, phase="warmup")
+            step = self._warmup(method, stream, progress, total, log_every)
+            info["warmup_seconds"] = round(time.time() - start_time, 3)
+            if method.warmup_mode == "full_ft" and acc.is_main_process:
+                ckpt_dir.mkdir(parents=True, exist_ok=True)
+                torch.save({k: v.cpu() for k, v in model.state_dict().items()}, ckpt_dir / WARMUP_WEIGHTS)
+                atomic_write_json(ckpt_dir / WARMUP_SIDECAR, {"fingerprint": self.fp, "warmup_steps": warm})
+        elif ckpt is not None and warm and method.warmup_mode == "full_ft":
+            model.load_state_dict(torch.load(ckpt_dir / WARMUP_WEIGHTS, weights_only=True))
+        info.update(method.apply(model, out_dir))
+        self.record["run_info"]["budget_reached"] = info["budget_reached"]
+        model.train()
+        opt, sched = make_optimizer(model, cfg, total, warm)
+        self.tokens, self.prior_seconds = 0, 0.0
+        if ckpt is not None:
+            _load_trainable(model, ckpt["trainable"])
+            opt.load_state_dict(ckpt["optimizer"])
+            sched.load_state_dict(ckpt["scheduler"])
+            step = ckpt["step"]
+            self.curve[:], self.val_curve[:] = ckpt["loss_curve"], ckpt.get("val_curve", [])
+            self.tokens, self.prior_seconds = ckpt["tokens"], ckpt["train_seconds"]
+            info["resumed_from_step"] = self.attempt["resumed_from_step"] = step
+            log.info("resuming run %s from step %d", cfg.get("run_id"), step)
         prepared, opt = acc.prepare(model, opt)
-    else:
-        prepared = acc.prepare(model)
-    stepper = _Stepper(run_cfg, acc, prepared, opt, sched, progress)
-    batches, curve = stream(0), []
-    for step in range(method.warmup_steps):
-        loss = stepper.step(batches, step, hook=method.after_warmup_backward)
-        if (step + 1) % log_every == 0:
-            curve.append({"step": step + 1, "loss": round(loss, 6), "phase": "warmup",
-                          "lr": sched.get_last_lr()[0] if sched else 0.0})
-    return method.warmup_steps, curve
+        self.model = prepared
+        batches = stream(step)
+        if ckpt is not None:
+            _set_rng_state(ckpt["rng"])
+        else:
+            self._validate(step)
+        stepper = TrainStep(t, prepared, opt, sched, acc)
+        self.main_start, every = time.time(), t.get("checkpoint_every")
+        if warm and ckpt is None:
+            self._checkpoint(prepared, opt, sched, step)
+        while step < total:
+            res = stepper(batches, step)
+            step += 1
+            info["steps"] = step
+            self.tokens += res.tokens
+            progress.update(1)
+            progress.set_postfix(loss=f"{res.loss:.4f}", tok_s=f"{res.tokens / max(res.seconds, 1e-9):.0f}")
+            if step % log_every == 0 or step == total:
+                self._log_point(step, res)
+            if step % val_every == 0 or step == total:
+                self._validate(step)
+            if every and step % every == 0 and step < total:
+                self._checkpoint(prepared, opt, sched, step)
+        progress.close()
+        seconds = self.prior_seconds + time.time() - self.main_start
+        model = acc.unwrap_model(prepared)
+        delta = method.save(model, out_dir / "delta")
+        delta_files = file_sizes(out_dir / "delta")
+        info.update({"steps": step, "warmup_steps": warm, "micro_batch_size": t["micro_batch_size"],
+                     "grad_accum": t.get("grad_accum", 1), "num_processes": acc.num_processes,
+                     "tokens": self.tokens, "first_loss": self.curve[0]["loss"] if self.curve else None,
+                     "final_loss": self.curve[-1]["loss"] if self.curve else None,
+                     "final_val_loss": self.val_curve[-1]["val_loss"] if self.val_curve else None,
+                     "val_every": val_every if data.val else None, "train_seconds": round(seconds, 3),
+                     "tokens_per_s": round(self.tokens / max(seconds, 1e-9), 1),
+                     "peak_memory_bytes": peak_memory_bytes(acc.device), "adapter_path": str(delta),
+                     "adapter_bytes": sum(delta_files.values()), "adapter_files": delta_files})
+        if acc.is_main_process and not t.get("keep_checkpoints"):
+            shutil.rmtree(out_dir / CKPT_DIR, ignore_errors=True)
+
+    def _warmup(self, method, stream, progress, total, log_every) -> int:
+        """SMT warm-up: full-FT steps with their own optimizer (schedule from step 0, peak
+        warmup_lr), or gradient-only steps; the main phase continues the schedule after them."""
+        model, acc = self.model, self.acc
+        for p in model.parameters():
+            p.requires_grad_(True)
+        method.begin_warmup(model)
+        opt = sched = None
+        if method.warmup_mode == "full_ft":
+            opt, sched = make_optimizer(model, self.cfg, total, 0, lr=getattr(method, "warmup_lr", None))
+            prepared, opt = acc.prepare(model, opt)
+        else:
+            prepared = acc.prepare(model)
+        stepper = TrainStep(self.t, prepared, opt, sched, acc, after_backward=method.after_warmup_backward)
+        batches = stream(0)
+        for step in range(method.warmup_steps):
+            res = stepper(batches, step)
+            self.info["steps"] = step + 1
+            progress.update(1)
+            if (step + 1) % log_every == 0:
+                self._log_point(step + 1, res, phase="warmup")
+        return method.warmup_steps
 
 
 def train(run_cfg: dict, out_dir) -> dict:
-    """Train run_cfg's method; write out_dir/record.json (status ok/diverged/failed/interrupted)."""
+    """Train run_cfg's method; write out_dir/record.json and append to out_dir/attempts.jsonl.
+
+    Returns the record (status ok). A failure is recorded (status failed or diverged, error,
+    traceback, loss curve so far) and re-raised; so is KeyboardInterrupt (status interrupted,
+    checkpoints kept for resume). A diverged run's checkpoints are deleted.
+    """
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    attempts = read_attempts(out_dir)
     record = new_record(run_cfg)
-    write_record(out_dir, record)
-    status = "failed"
+    attempt = {"attempt": len(attempts) + 1, "started_at": _now(), "finished_at": None, "status": "running",
+               "error": None, "fresh_start_reason": None, "resumed_from_step": None, "steps_reached": 0,
+               "fingerprint": None}
+    record["run_info"]["attempts"] = attempts + [attempt]
+    if _is_main_process():
+        write_record(out_dir, record)
+    status, info = "failed", record["run_info"]
     try:
-        _run(run_cfg, out_dir, record)
+        _Run(run_cfg, out_dir, record, attempt, attempts).run()
         status = "ok"
     except DivergedError as err:
-        status, record["run_info"]["error"] = "diverged", str(err)
+        status, info["error"] = "diverged", str(err)
+        info["traceback"] = traceback.format_exc(limit=12)
+        if _is_main_process():
+            discard_resume_state(out_dir, "the run diverged; a diverged run is never resumed")
         raise
     except KeyboardInterrupt:
-        status, record["run_info"]["error"] = "interrupted", "KeyboardInterrupt; rerun to resume from the last checkpoint"
+        status, info["error"] = "interrupted", "interrupted (SIGINT/SIGTERM); rerun to resume from the last checkpoint"
         raise
     except Exception as err:
-        record["run_info"]["error"] = f"{type(err).__name__}: {err}"
-        record["run_info"]["traceback"] = traceback.format_exc(limit=8)
+        info["error"] = f"{type(err).__name__}: {err}"
+        info["traceback"] = traceback.format_exc(limit=12)
         raise
     finally:
-        record["run_info"]["status"] = status
-        record["run_info"]["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        write_record(out_dir, record)
+        info["status"] = status
+        info["finished_at"] = _now()
+        attempt.update(status=status, error=info.get("error"), finished_at=info["finished_at"],
+                       steps_reached=record["train_info"].get("steps", 0))
+        if _is_main_process():
+            append_attempt(out_dir, attempt)
+            write_record(out_dir, record)
     return record

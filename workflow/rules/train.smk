@@ -1,5 +1,9 @@
 # Train one run: <model>/<dataset>/<method>/b<budget%>/<placement>/s<seed> -> record.json (+ delta).
-# Checkpoints stay in the run directory, so `--rerun-incomplete` resumes an interrupted run.
+# A run that fails or diverges still succeeds as a job: its record.json (status, error, loss curve)
+# is kept and shown in the tables; retrain it with `--forcerun <its record.json>` (onstart lists
+# them). Checkpoints stay in the run directory, tied to the run's fingerprint, so
+# `--rerun-incomplete` resumes an interrupted run and a changed config starts it afresh.
+# Every attempt is appended to the run's attempts.jsonl (not an output: never deleted).
 # execution.launcher "accelerate" runs the same script under `accelerate launch` (multi-GPU, DeepSpeed).
 
 if EXE["launcher"] == "accelerate":
