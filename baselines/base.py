@@ -4,6 +4,16 @@ from __future__ import annotations
 import pathlib
 
 
+# The one name of the weights a full-FT warm-up leaves (SMT): the training loop keeps them in a
+# run's checkpoints/ for resume, SMT.save puts them beside the delta for evaluation.
+WARMUP_WEIGHTS = "warmup_weights.pt"
+
+
+class StaleResumeError(RuntimeError):
+    """A file kept for resuming (plan, warm-up weights) belongs to another run fingerprint;
+    the training loop discards the run's resume state and starts afresh, giving this reason."""
+
+
 def count_params(model, trainable_only: bool = False) -> int:
     """Number of parameters (unique tensors) of model, optionally only those requiring grad."""
     seen, total = set(), 0
@@ -26,6 +36,7 @@ class Method:
     name = "base"
     warmup_steps = 0
     warmup_mode = "full_ft"
+    fingerprint = None  # set by the training loop: the run's fingerprint, for files kept to resume
 
     def __init__(self, run_cfg: dict):
         self.run_cfg = run_cfg
@@ -40,7 +51,8 @@ class Method:
         """Called after each warm-up backward pass, before any optimizer step."""
 
     def restore(self, out_dir):
-        """Called instead of the warm-up when a run resumes from a checkpoint in out_dir."""
+        """Called instead of the warm-up when a run resumes from a checkpoint in out_dir (before
+        apply); raise StaleResumeError if a file it reuses was written for another fingerprint."""
 
     def apply(self, model, out_dir=None) -> dict:
         """Make only this method's parameters trainable; return info (trainable/total params, budget)."""

@@ -7,7 +7,7 @@ import torch
 
 import smt
 from baselines import register
-from baselines.base import Method, count_params
+from baselines.base import WARMUP_WEIGHTS, Method, StaleResumeError, count_params
 
 
 @register("smt")
@@ -39,11 +39,15 @@ class SMT(Method):
         self.scorer.accumulate()
 
     def restore(self, out_dir):
-        """On resume, reuse the plan the interrupted run selected (out_dir/plan.json)."""
+        """On resume, reuse the plan the interrupted run selected (out_dir/plan.json), if it was
+        selected for this run's fingerprint (else StaleResumeError: the loop starts afresh)."""
         plan = pathlib.Path(out_dir) / "plan.json"
         if not plan.is_file():
-            raise FileNotFoundError(f"cannot resume SMT run: {plan} is missing; delete {out_dir}/checkpoints "
-                                    "to start over")
+            raise StaleResumeError(f"{plan} is missing")
+        stamped = smt.SelectionPlan.from_json(plan).meta.get("run_fingerprint")
+        if self.fingerprint is not None and stamped != self.fingerprint:
+            raise StaleResumeError(f"{plan} was selected for run fingerprint {str(stamped)[:12]}, "
+                                   f"not this run's {self.fingerprint[:12]}")
         self.plan_path = str(plan)
 
     def apply(self, model, out_dir=None) -> dict:
@@ -58,10 +62,11 @@ class SMT(Method):
                                "or give method key plan_path")
         smt.apply_smt(model, self.plan)
         if out_dir is not None:
+            self.plan.meta["run_fingerprint"] = self.fingerprint  # restore() reuses it only for the same run
             self.plan.to_json(pathlib.Path(out_dir) / "plan.json")
         return {**self._info(model), "plan_summary": self.plan.summary()}
 
-    WARMUP_WEIGHTS = "warmup_weights.pt"
+    WARMUP_WEIGHTS = WARMUP_WEIGHTS
 
     def save(self, model, out_dir) -> pathlib.Path:
         """The block delta; after a full-FT warm-up also every weight as the warm-up left it.
