@@ -26,6 +26,7 @@ wildcard_constraints:
 
 onstart:
     hc.check_registry(CFG)
+    __import__("harness.records", fromlist=["x"]).print_failed_runs(RESULTS)  # failed/diverged runs + how to retrain
 
 
 def run_id(w):
