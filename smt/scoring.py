@@ -160,13 +160,33 @@ class GradientScorer:
     the backward (with gradient accumulation: after the last micro-batch) and before
     ``optimizer.zero_grad()``; in ``full_ft`` mode the caller also steps its optimizer, in
     ``grad_only`` mode it does not; then :meth:`select`. The target weights must require
-    grad during the warm-up. Note: ``full_ft`` warm-up steps change every weight of the
+    grad during the warm-up.
+
+    How gradients are captured: the constructor puts a hook on every target weight that
+    receives each gradient as the backward produces it (before it is added to ``.grad``)
+    and sums it, in fp32, into a per-step buffer; :meth:`accumulate` adds that buffer to the
+    running sum. So scoring does not depend on ``.grad`` surviving the backward: under
+    DeepSpeed ZeRO-2 (which moves gradients into its own partitioned buffers and leaves
+    ``param.grad`` None) and under DDP (which replaces ``.grad`` by the all-reduced mean) the
+    hook still sees the full local gradient of every micro-batch. If no backward reached
+    the hooks since the last :meth:`accumulate` (``.grad`` set by hand), the current
+    ``.grad`` is read instead. In one process the sums are bit-identical to summing
+    ``.grad`` after each step (fp32 weights; bf16 weights are summed in fp32 per
+    micro-batch, not in bf16).
+
+    Several processes (``torch.distributed`` initialised, world size > 1): every rank
+    sums its own micro-batches; :meth:`scores` / :meth:`select` (collectives: call them on
+    every rank) all-reduce the sums and divide by the world size, which is the gradient
+    DDP or ZeRO-2 averages and so the same sum one process gets over the same global
+    batch; the plan rank 0 selects is then broadcast, so every rank holds the same plan.
+
+    Note: ``full_ft`` warm-up steps change every weight of the
     model, so a saved SMT delta reproduces the trained model only on top of the
     post-warm-up weights; restore the pre-warm-up weights before ``apply_smt`` (the warm-up
     then only chooses the blocks) or keep the post-warm-up model as the base. All configuration errors (block size, budget, targets,
     quotas) are raised by the constructor, before any work. The scorer holds only the
     modules and its fp32 accumulators (on the CPU with ``cfg.accumulate_on_cpu``), never a
-    gradient; drop it after :meth:`select` to free the accumulators.
+    gradient; :meth:`select` removes the hooks; drop the scorer after it to free the accumulators.
     """
 
     def __init__(self, model: nn.Module, cfg: SMTConfig):
@@ -185,40 +205,111 @@ class GradientScorer:
         capacity = {n: (o // l) * (i // l) for n, (o, i) in self.shapes.items()}
         self.groups = resolve_groups(capacity, self.n_blocks, cfg.quotas)
         self._acc = {}
+        self._step = {}          # fp32 sums of the gradients the hooks saw since the last accumulate()
+        self._synced = False
         self.steps = 0
+        self._handles = [m.weight.register_hook(self._hook(name)) for name, m in self.modules.items()]
+
+    def _device(self, w: torch.Tensor) -> torch.device:
+        return torch.device("cpu") if self.cfg.accumulate_on_cpu else w.device
+
+    def _hook(self, name: str):
+        def hook(grad):
+            buf = self._step.get(name)
+            if buf is None:
+                w = self.modules[name].weight
+                buf = self._step[name] = torch.zeros(w.shape, dtype=torch.float32, device=self._device(w))
+            buf.add_(grad.detach().to(buf.device))
+            return None
+        return hook
+
+    def remove_hooks(self) -> None:
+        """Detach the gradient hooks from the model (select() does this)."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
 
     def accumulate(self) -> None:
-        """Add the current ``.grad`` of every target weight to its fp32 sum.
+        """Add this step's gradient of every target weight to its fp32 sum.
 
-        A target weight without ``.grad`` (a module the loss did not reach) adds zero; if no
-        target weight has one, this raises (accumulate() was called at the wrong time).
+        The gradient is what the hooks saw since the last call (every micro-batch), or, when
+        no backward reached them, the current ``.grad``. A target weight the loss did not
+        reach adds zero; if no target weight has a gradient at all, this raises
+        (accumulate() was called at the wrong time).
         """
-        grads = {name: m.weight.grad for name, m in self.modules.items()}
-        if all(g is None for g in grads.values()):
-            raise RuntimeError("no target weight has a .grad: target weights must require grad during the "
-                               "warm-up, and accumulate() must run after loss.backward() and before zero_grad()")
-        for name, g in grads.items():
+        if self._synced:
+            raise RuntimeError("accumulate() after scores()/select(): the sums were already combined")
+        if self._step:
+            grads, self._step = self._step, {}
+        else:
+            grads = {name: m.weight.grad for name, m in self.modules.items()}
+            if all(g is None for g in grads.values()):
+                raise RuntimeError("no target weight has a .grad (and no backward reached the hooks): target weights must require grad during the "
+                                   "warm-up, and accumulate() must run after loss.backward() (before zero_grad())")
+        for name in self.modules:
             acc = self._acc.get(name)
             if acc is None:
                 w = self.modules[name].weight
-                dev = torch.device("cpu") if self.cfg.accumulate_on_cpu else w.device
-                acc = self._acc[name] = torch.zeros(w.shape, dtype=torch.float32, device=dev)
+                acc = self._acc[name] = torch.zeros(w.shape, dtype=torch.float32, device=self._device(w))
+            g = grads.get(name)
             if g is not None:
                 acc.add_(g.detach().to(acc.device))
         self.steps += 1
 
+    def _sync(self) -> None:
+        """Across processes: all-reduce the sums and divide by the world size (once)."""
+        dist = _world()
+        if self._synced or dist is None:
+            return                       # one process: nothing to combine, accumulating may go on
+        world = dist.get_world_size()
+        steps = torch.tensor([self.steps, -self.steps], dtype=torch.float64)
+        dist.all_reduce(steps, op=dist.ReduceOp.MIN)
+        lo, hi = int(steps[0]), -int(steps[1])
+        if lo != hi:
+            raise RuntimeError(f"ranks accumulated between {lo} and {hi} warm-up steps (rank {dist.get_rank()}: "
+                               f"{self.steps}); every rank must call accumulate() equally often")
+        for name in self.modules:
+            acc = self._acc[name]
+            buf = acc if _backend_device_ok(dist, acc) else acc.cpu()
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+            buf.div_(world)
+            if buf is not acc:
+                acc.copy_(buf)
+        self._synced = True
+
     def scores(self) -> dict:
-        """``{module_name: (R, C) fp32 block scores}`` of the gradients summed so far."""
+        """``{module_name: (R, C) fp32 block scores}`` of the gradients summed so far (all ranks)."""
         if self.steps == 0:
             raise RuntimeError("GradientScorer has no gradients yet: call accumulate() after each warm-up backward")
+        self._sync()
         return {n: block_scores(self._acc[n], self.cfg.block_size, self.cfg.strategy) for n in self.modules}
 
     def select(self) -> SelectionPlan:
-        """Select the top blocks (honouring quotas) and return the SelectionPlan."""
+        """Select the top blocks (honouring quotas) and return the SelectionPlan (the same on every rank)."""
         cfg = self.cfg
         blocks = select_blocks(self.scores(), self.n_blocks, cfg.quotas)
+        dist = _world()
+        if dist is not None:                 # rank 0's plan everywhere (ties could differ only by rounding)
+            box = [blocks]
+            dist.broadcast_object_list(box, src=0)
+            blocks = box[0]
+        self.remove_hooks()
         meta = {"budget": cfg.budget, "n_blocks_asked": self.n_blocks, "strategy": cfg.strategy,
                 "warmup_mode": cfg.warmup_mode, "warmup_steps": self.steps,
                 "target_modules": list(cfg.target_modules), "quotas": cfg.quotas,
-                "group_blocks": {g: k for g, (_, k) in self.groups.items()}}
+                "group_blocks": {g: k for g, (_, k) in self.groups.items()},
+                "world_size": dist.get_world_size() if dist is not None else 1}
         return SelectionPlan(cfg.block_size, self.shapes, blocks, self.total_params, meta)
+
+
+def _world():
+    """torch.distributed when initialised with more than one process, else None."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist
+    return None
+
+
+def _backend_device_ok(dist, t: torch.Tensor) -> bool:
+    """Whether ``t`` can be reduced where it lies: gloo reduces CPU tensors only."""
+    return t.device.type == "cpu" or "gloo" not in str(dist.get_backend()).lower()
