@@ -10,6 +10,7 @@ batched matmul over the blocks.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Iterable, Optional, Sequence
 
 import torch
@@ -166,14 +167,27 @@ def _check_divisible(name: str, shape: Sequence[int], l: int) -> None:
                          f"block sizes that divide it: {ok}")
 
 
+def block_coordinate(value, block) -> int:
+    """``value`` as an int block coordinate; a float (even 1.0), bool or other non-integer is
+    a ValueError naming ``block`` (never silently truncated: (0.5, 0) is not (0, 0))."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_floating_point() \
+            and value.dtype != torch.bool:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"block {block!r}: coordinate {value!r} ({type(value).__name__}) is not an integer; "
+                         "block coordinates are integer (row, col) indices in units of the block size")
+    return int(value)
+
+
 def _check_blocks(blocks, n_rows: int, n_cols: int) -> list:
     idx = []
     for b in blocks:
-        if len(b) != 2:
+        if isinstance(b, (str, bytes)) or not hasattr(b, "__len__") or len(b) != 2:
             raise ValueError(f"each block must be a (row, col) pair, got {b!r}")
-        r, c = int(b[0]), int(b[1])
+        r, c = block_coordinate(b[0], b), block_coordinate(b[1], b)
         if not (0 <= r < n_rows and 0 <= c < n_cols):
-            raise ValueError(f"block {(r, c)} is outside the {n_rows} x {n_cols} block grid")
+            raise ValueError(f"block {(r, c)} is outside the {n_rows} x {n_cols} block grid "
+                             f"(rows 0..{n_rows - 1}, cols 0..{n_cols - 1})")
         idx.append((r, c))
     if not idx:
         raise ValueError("SparseLinear needs at least one block; leave a module without blocks as nn.Linear")

@@ -200,3 +200,24 @@ def test_cpu_autocast_bf16_matches_dense():
     _close(xa.grad, xb.grad, torch.bfloat16)
     for i, (r, c) in enumerate(sl.block_indices):
         _close(sl.blocks.grad[i], ref.weight.grad[r * 16:(r + 1) * 16, c * 16:(c + 1) * 16], torch.bfloat16)
+
+
+@pytest.mark.parametrize("block", [(0.5, 0), (1.0, 0), (0, 1.5), (True, 0), (0, False), ("1", 0), (None, 0),
+                                   (torch.tensor(0.5), 0)])
+def test_non_integer_block_coordinates_are_refused_naming_the_block(block):
+    with pytest.raises(ValueError) as err:
+        smt.SparseLinear.from_linear(nn.Linear(64, 32), 16, [(0, 1), block])
+    assert f"block {block!r}" in str(err.value) and "not an integer" in str(err.value)
+
+
+@pytest.mark.parametrize("block", [(-1, 0), (0, -1), (2, 0), (0, 4)])
+def test_negative_or_out_of_range_blocks_are_refused_naming_the_block(block):
+    with pytest.raises(ValueError, match=rf"block \({block[0]}, {block[1]}\) is outside the 2 x 4 block grid"):
+        smt.SparseLinear.from_linear(nn.Linear(64, 32), 16, [block])
+
+
+def test_integer_like_coordinates_are_accepted():
+    import numpy as np
+
+    sl = smt.SparseLinear.from_linear(nn.Linear(64, 32), 16, [(np.int64(1), 3), (torch.tensor(0), np.int32(2))])
+    assert sl.block_indices == [(1, 3), (0, 2)] and all(type(v) is int for b in sl.block_indices for v in b)

@@ -156,3 +156,71 @@ def test_errors(base, tmp_path):
     path = smt.save_smt(model, tmp_path)
     with pytest.raises(ValueError, match="has shape"):
         smt.load_smt(other, path)
+
+
+def _trained_delta(base, tmp_path):
+    plan = _select(copy.deepcopy(base), budget=6)
+    model = smt.apply_smt(copy.deepcopy(base), plan)
+    with torch.no_grad():
+        for m in smt.sparse_modules(model).values():
+            m.blocks.add_(torch.randn_like(m.blocks))
+    return plan, model, smt.save_smt(model, tmp_path)
+
+
+def test_load_smt_refuses_another_base_of_the_same_shape(base, tmp_path):
+    plan, model, path = _trained_delta(base, tmp_path)
+    ids = _batch(9)
+    assert torch.equal(smt.load_smt(copy.deepcopy(base), path)(ids).logits, model(ids).logits)
+    torch.manual_seed(123)
+    other = transformers.LlamaForCausalLM(base.config).eval()   # same architecture, other weights
+    with pytest.raises(ValueError) as err:
+        smt.load_smt(copy.deepcopy(other), path)
+    message = str(err.value)
+    assert str(path) in message and "another base model" in message and "allow_base_mismatch=True" in message
+    assert "weights of the targeted modules differ" in message
+    forced = smt.load_smt(copy.deepcopy(other), path, allow_base_mismatch=True)
+    assert len(smt.sparse_modules(forced)) == len(smt.sparse_modules(model))
+    # one weight outside the blocks of one targeted module is enough ...
+    name = next(n for n, b in plan.blocks.items() if b)
+    l = plan.block_size
+    r, c = plan.blocks[name][0]
+    nudged = copy.deepcopy(base)
+    weight = nudged.get_submodule(name).weight
+    free = next((i, j) for i in range(weight.shape[0] // l) for j in range(weight.shape[1] // l)
+                if (i, j) not in plan.blocks[name])
+    with torch.no_grad():
+        weight[free[0] * l, free[1] * l] += 1e-3
+    with pytest.raises(ValueError, match="another base model"):
+        smt.load_smt(nudged, path)
+    # ... while the weights under the blocks (which the delta overwrites) do not identify the base
+    under = copy.deepcopy(base)
+    with torch.no_grad():
+        under.get_submodule(name).weight[r * l:(r + 1) * l, c * l:(c + 1) * l] += 1.0
+    torch.testing.assert_close(smt.load_smt(under, path)(ids).logits, model(ids).logits, rtol=0, atol=0)
+
+
+def test_load_smt_refuses_a_deeper_model_and_names_the_dtype(base, tmp_path):
+    _, _, path = _trained_delta(base, tmp_path)
+    cfg = copy.deepcopy(base.config)
+    cfg.num_hidden_layers = 3
+    torch.manual_seed(0)
+    deeper = transformers.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():   # the first two layers (and everything else shared) exactly the base's
+        for name, p in base.named_parameters():
+            deeper.get_parameter(name).copy_(p)
+    with pytest.raises(ValueError, match=r"has 2 layers, this model 3.*parameter names or shapes differ"):
+        smt.load_smt(deeper, path)
+    with pytest.raises(ValueError, match=r"base was float32, this model is bfloat16"):
+        smt.load_smt(copy.deepcopy(base).to(torch.bfloat16), path)
+
+
+def test_truncated_or_corrupt_delta_names_the_file(base, tmp_path):
+    _, _, path = _trained_delta(base, tmp_path)
+    raw = path.read_bytes()
+    for label, damaged in [("truncated", raw[: len(raw) // 2]), ("header", b"\x08" + raw[1:]),
+                           ("empty", b""), ("garbage", b"not a safetensors file at all")]:
+        bad = tmp_path / f"{label}.safetensors"
+        bad.write_bytes(damaged)
+        with pytest.raises(ValueError) as err:
+            smt.load_smt(copy.deepcopy(base), bad)
+        assert str(bad) in str(err.value) and "truncated or corrupt" in str(err.value), label
