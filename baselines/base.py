@@ -1,7 +1,14 @@
 """The interface every fine-tuning method implements (see docs/ARCHITECTURE.md)."""
 from __future__ import annotations
 
+import dataclasses
 import pathlib
+
+from baselines.settings import NoSettings, parse
+
+# Keys of a resolved run_cfg["method"] that every method shares (validated by the central schema);
+# every other key is one of the method's own Settings fields.
+SHARED_RUN_KEYS = ("name", "variant", "lr")
 
 
 # The one name of the weights a full-FT warm-up leaves (SMT): the training loop keeps them in a
@@ -31,9 +38,17 @@ class Method:
     The training loop calls, in order: begin_warmup / after_warmup_backward (only when
     warmup_steps > 0), apply, then trains the parameters left with requires_grad, then save.
     Evaluation calls load then merge.
+
+    A method owns its hyper-parameters: `Settings` is a dataclass whose fields (defaults and
+    `metadata={"help": ...}`) are the keys a config entry methods.<name> may set besides the
+    shared lr/placement/label/base/deviations/by_dataset/by_model; `label` is its display name
+    in tables and figures. Budget: `apply` returns `budget_reached` (trainable / total params),
+    which the training loop records in run_info.budget_reached; reports place a method there.
     """
 
     name = "base"
+    label = "base"
+    Settings = NoSettings
     warmup_steps = 0
     warmup_mode = "full_ft"
     fingerprint = None  # set by the training loop: the run's fingerprint, for files kept to resume
@@ -41,8 +56,21 @@ class Method:
     def __init__(self, run_cfg: dict):
         self.run_cfg = run_cfg
         self.method_cfg = run_cfg["method"]
+        self.settings = self.parse_settings(
+            {k: v for k, v in self.method_cfg.items() if k not in SHARED_RUN_KEYS},
+            f"methods.{self.method_cfg.get('variant') or self.method_cfg.get('name', self.name)}")
         self.budget = run_cfg.get("budget")
         self.total_params = None
+
+    @classmethod
+    def parse_settings(cls, values: dict, where: str | None = None):
+        """This method's Settings from values (a dict); SettingsError names `<where>.<key>`."""
+        return parse(cls.Settings, dict(values), where or f"methods.{cls.name}")
+
+    @classmethod
+    def default_settings(cls) -> dict:
+        """Every Settings field with its default value."""
+        return dataclasses.asdict(cls.Settings())
 
     def begin_warmup(self, model):
         """Called once before the warm-up steps (only when warmup_steps > 0)."""

@@ -9,4 +9,5 @@ from baselines.lora import LoRA
 class DoRA(LoRA):
     """LoRA with weight decomposition: the budget also pays for one magnitude vector per linear."""
 
+    label = "DoRA"
     use_dora = True

@@ -11,7 +11,9 @@ from baselines.base import Method, count_params
 
 @register("full_ft")
 class FullFT(Method):
-    """All weights trainable (budget is ignored and reported as 1.0)."""
+    """All weights trainable (budget is ignored and reported as 1.0); no settings besides lr."""
+
+    label = "Full FT"
 
     def apply(self, model, out_dir=None) -> dict:
         self.total_params = count_params(model)

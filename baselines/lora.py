@@ -1,12 +1,16 @@
 """LoRA through peft, with the rank derived from the shared parameter budget."""
 from __future__ import annotations
 
+import dataclasses
+import math
 import pathlib
+from typing import Optional
 
 import torch
 
 from baselines import register
 from baselines.base import Method, count_params
+from baselines.settings import field
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 
@@ -21,6 +25,19 @@ def target_linears(model, target_modules) -> list[torch.nn.Linear]:
     return found
 
 
+def nearest_rank(target: float, per_rank: int, fixed: int = 0) -> int:
+    """The rank r >= 1 whose count fixed + r * per_rank is nearest to target (a tie: the smaller r).
+
+    The reached budget can still miss the asked one by up to half a rank step (per_rank /
+    total params): on a tiny model one rank is a large share of the model.
+    """
+    if per_rank <= 0:
+        raise ValueError(f"per_rank must be positive, got {per_rank}")
+    lo = max(1, math.floor((target - fixed) / per_rank))
+    hi = lo + 1
+    return lo if abs(fixed + lo * per_rank - target) <= abs(fixed + hi * per_rank - target) else hi
+
+
 def rank_for_budget(model, target_modules, budget: float, dora: bool = False) -> int:
     """Rank whose trainable-parameter count is nearest to budget * total params (at least 1).
 
@@ -33,24 +50,37 @@ def rank_for_budget(model, target_modules, budget: float, dora: bool = False) ->
     linears = target_linears(model, target_modules)
     per_rank = sum(m.in_features + m.out_features for m in linears)
     fixed = sum(m.out_features for m in linears) if dora else 0
-    target = budget * count_params(model)
-    return max(1, round((target - fixed) / per_rank))
+    return nearest_rank(budget * count_params(model), per_rank, fixed)
+
+
+@dataclasses.dataclass
+class LoRASettings:
+    """LoRA / DoRA hyper-parameters (defaults: the DoRA repository's commonsense scripts)."""
+
+    rank: Optional[int] = field(None, "Rank r; set it to ignore the budget (null: the rank whose "
+                                "parameter count is nearest to the budget).", min=1)
+    alpha_ratio: float = field(2.0, "lora_alpha = alpha_ratio x rank (DoRA repo: alpha 2r).", exclusive_min=0)
+    dropout: float = field(0.05, "Dropout on the adapter input (DoRA repo: 0.05).", min=0, max=1)
+    target_modules: Optional[list[str]] = field(
+        None, "Modules to adapt when the run's placement names none (default q,k,v,up,down).")
 
 
 @register("lora")
 class LoRA(Method):
-    """peft LoRA; method keys: rank (overrides budget), alpha_ratio (2), dropout (0.05).
+    """peft LoRA; budget met by the rank whose parameter count is nearest to it (or `rank`).
 
-    Target modules come from the run's placement (config `placements`), else method key
+    Target modules come from the run's placement (config `placements`), else the setting
     target_modules, else Q, K, V, Up, Down (the DoRA repository's LLaMA setting).
     """
 
+    label = "LoRA"
+    Settings = LoRASettings
     use_dora = False
 
     def __init__(self, run_cfg: dict):
         super().__init__(run_cfg)
         placement = run_cfg.get("placement") or {}
-        self.target_modules = list(placement.get("target_modules") or self.method_cfg.get("target_modules")
+        self.target_modules = list(placement.get("target_modules") or self.settings.target_modules
                                    or DEFAULT_TARGETS)
         self.peft_model = None
         self.rank = None
@@ -59,8 +89,8 @@ class LoRA(Method):
         """The peft LoraConfig for rank (alpha = alpha_ratio * rank, as in the DoRA repo's scripts)."""
         from peft import LoraConfig
 
-        return LoraConfig(r=rank, lora_alpha=self.method_cfg.get("alpha_ratio", 2) * rank,
-                          lora_dropout=self.method_cfg.get("dropout", 0.05),
+        return LoraConfig(r=rank, lora_alpha=self.settings.alpha_ratio * rank,
+                          lora_dropout=self.settings.dropout,
                           target_modules=self.target_modules, use_dora=self.use_dora,
                           bias="none", task_type="CAUSAL_LM")
 
@@ -72,7 +102,7 @@ class LoRA(Method):
         from peft import get_peft_model
 
         self.total_params = count_params(model)
-        self.rank = int(self.method_cfg.get("rank") or self.rank_for_budget(model))
+        self.rank = int(self.settings.rank or self.rank_for_budget(model))
         self.peft_model = get_peft_model(model, self.peft_config(self.rank))
         return {**self._info(model), "rank": self.rank, "target_modules": self.target_modules}
 

@@ -1,34 +1,74 @@
 """Sparse Matrix Tuning through the `smt` package: warm-up scoring, block selection, sparse training."""
 from __future__ import annotations
 
+import dataclasses
 import pathlib
+from typing import Optional
 
 import torch
 
 import smt
 from baselines import register
 from baselines.base import WARMUP_WEIGHTS, Method, StaleResumeError, count_params
+from baselines.settings import field
+from smt.config import STRATEGIES, WARMUP_MODES
+
+# SMTConfig is the one place that holds SMT's defaults; the config keys reuse them.
+_SMT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(smt.SMTConfig)
+                 if f.default is not dataclasses.MISSING}
+_DEFAULT_TARGETS = smt.SMTConfig.__dataclass_fields__["target_modules"].default_factory()  # q, k, v
+SELECTIONS = ("gradient", "random")
+
+
+@dataclasses.dataclass
+class SMTSettings:
+    """SMT hyper-parameters (defaults from smt.SMTConfig; target modules and quotas come from the placement)."""
+
+    block_size: int = field(_SMT_DEFAULTS["block_size"], "Block side l (paper: 256); must divide the "
+                            "target weight shapes.", min=1)
+    warmup_steps: int = field(_SMT_DEFAULTS["warmup_steps"], "Gradient warm-up iterations before the "
+                              "selection (paper: 100 commonsense, 25 Math10K).", min=1)
+    warmup_mode: str = field(_SMT_DEFAULTS["warmup_mode"], "full_ft: warm-up steps update every weight "
+                             "(paper, authors' code); grad_only: only sum gradients.", choices=WARMUP_MODES)
+    scoring: str = field(_SMT_DEFAULTS["strategy"], "Block score of the summed warm-up gradient G: mean_abs "
+                         "= mean |G| (paper, App. B), abs_mean = |mean G| (authors' attention call), l1, l2.",
+                         choices=STRATEGIES)
+    warmup_lr: Optional[float] = field(None, "Peak learning rate of the full-FT warm-up steps (null: lr).",
+                                       exclusive_min=0)
+    selection: str = field("gradient", "gradient: blocks chosen by warm-up gradients; random: a control "
+                           "with blocks drawn at random (seeded by the run seed; same budget, placement "
+                           "and quotas; no warm-up).", choices=SELECTIONS)
+    accumulate_on_cpu: bool = field(_SMT_DEFAULTS["accumulate_on_cpu"], "Keep the fp32 gradient sums on "
+                                    "the CPU (7B-scale models on small GPUs).")
+    plan_path: Optional[str] = field(None, "A saved selection plan (plan.json) to reuse: skips the warm-up.")
 
 
 @register("smt")
 class SMT(Method):
-    """SMT; method keys: block_size, warmup_steps, warmup_mode, warmup_lr, scoring, accumulate_on_cpu,
-    plan_path (a saved plan: skips the warm-up). Placement gives target_modules and quotas."""
+    """Sparse Matrix Tuning; budget met by floor(budget * total / l^2) blocks (never above the budget).
+
+    Placement gives target_modules and quotas; see SMTSettings for the hyper-parameters.
+    """
+
+    label = "SMT"
+    Settings = SMTSettings
 
     def __init__(self, run_cfg: dict):
         super().__init__(run_cfg)
-        m, placement = self.method_cfg, run_cfg.get("placement") or {}
-        self.plan_path = m.get("plan_path")
+        s, placement = self.settings, run_cfg.get("placement") or {}
+        self.plan_path = s.plan_path
+        self.random = s.selection == "random"
+        self.seed = int(run_cfg.get("seed", 0))
         self.cfg = smt.SMTConfig(
-            block_size=m.get("block_size", 256), budget=self.budget,
-            target_modules=list(placement.get("target_modules") or ["q_proj", "k_proj", "v_proj"]),
-            quotas=placement.get("quotas"), strategy=m.get("scoring", "mean_abs"),
-            warmup_steps=0 if self.plan_path else m.get("warmup_steps", 100),
-            warmup_mode=m.get("warmup_mode", "full_ft"),
-            accumulate_on_cpu=m.get("accumulate_on_cpu", False))
-        self.warmup_steps = self.cfg.warmup_steps
+            block_size=s.block_size, budget=self.budget,
+            target_modules=list(placement.get("target_modules") or _DEFAULT_TARGETS),
+            quotas=placement.get("quotas"), strategy=s.scoring,
+            warmup_steps=s.warmup_steps, warmup_mode=s.warmup_mode,
+            accumulate_on_cpu=s.accumulate_on_cpu)
+        # a saved plan or a random selection needs no warm-up
+        self.warmup_steps = 0 if (self.plan_path or self.random) else self.cfg.warmup_steps
         self.warmup_mode = self.cfg.warmup_mode
-        self.warmup_lr = m.get("warmup_lr", m["lr"])  # full-FT warm-up steps: the method's lr unless set
+        self.warmup_lr = s.warmup_lr or self.method_cfg["lr"]  # full-FT warm-up steps: the method's lr unless set
         self.scorer = None
         self.plan = None
 
@@ -54,6 +94,8 @@ class SMT(Method):
         self.total_params = count_params(model)
         if self.plan_path:
             self.plan = smt.SelectionPlan.from_json(pathlib.Path(self.plan_path))
+        elif self.random:
+            self.plan = smt.SelectionPlan.random(model, self.cfg, self.seed)
         elif self.scorer is not None:
             self.plan = self.scorer.select()
             self.scorer = None
