@@ -32,7 +32,8 @@ import torch.nn.functional as F
 import baselines
 from harness.models import load_model, resolve_device
 from harness.records import atomic_write_json, meta_info
-from harness.train import collate, load_examples, make_optimizer, set_seed
+from harness.loss import loss_route
+from harness.train import TrainStep, build_accelerator, collate, has_answer, load_examples, make_optimizer, set_seed
 
 FLOOR = "floor"
 FLOOR_LABEL = "Frozen floor"
@@ -80,7 +81,7 @@ def fixed_batches(examples: list[dict], n: int, batch_size: int, seq_len: int | 
         ex = examples[i]
         if seq_len is not None and len(ex["input_ids"]) > seq_len:
             continue
-        if all(label == -100 for label in ex["labels"]):
+        if not has_answer(ex):
             continue
         chosen.append(ex)
         if len(chosen) == n * batch_size:
@@ -182,8 +183,10 @@ def _tensors_of(state) -> list:
 class _Arm:
     """One row of Table 1: its model copy, optimizer, the loop's step function and its measurements."""
 
-    def __init__(self, name, label, model, step, opt=None, info=None, warmup_seconds=None):
-        self.name, self.label, self.model, self.step, self.opt = name, label, model, step, opt
+    def __init__(self, name, label, model, make_step, opt=None, info=None, warmup_seconds=None):
+        self.name, self.label, self.model, self.make_step, self.opt = name, label, model, make_step, opt
+        self.step = make_step()
+        self.loss_route = loss_route(model)
         self.info = info or {}
         self.warmup_seconds = warmup_seconds
         self.times, self.tokens, self.positions, self.losses = [], [], [], []
@@ -191,16 +194,12 @@ class _Arm:
 
 
 def _loop_step(run_cfg, acc, model, opt, sched):
-    """The training loop's own step function, bound to one arm: step(batch, global_step, hook) -> loss."""
-    from tqdm.auto import tqdm
-
-    from harness.train import _Stepper
-
-    stepper = _Stepper(run_cfg, acc, model, opt, sched, tqdm(disable=True))
-
-    def step(batch, global_step, hook=None):
-        return stepper.step(iter([batch]), global_step, hook=hook)
-    return step
+    """make_step(after_backward=None) -> step(batch, global_step) -> loss: the training loop's own
+    step (harness.train.TrainStep) bound to one arm's model, optimizer, scheduler and accelerator."""
+    def make_step(after_backward=None):
+        train_step = TrainStep(run_cfg["train"], model, opt, sched, acc, after_backward=after_backward)
+        return lambda batch, global_step: train_step(iter([batch]), global_step).loss
+    return make_step
 
 
 def _profile_cfg(run_cfg: dict, settings: dict) -> dict:
@@ -216,6 +215,7 @@ def _method_arm(run_cfg, acc, device, batches, total_steps) -> _Arm:
     warm, warmup_seconds = method.warmup_steps, None
     if warm:
         start = time.perf_counter()
+        model.train()  # as the loop: from_pretrained returns eval mode, training runs in train mode
         for p in model.parameters():
             p.requires_grad_(True)
         method.begin_warmup(model)
@@ -225,12 +225,13 @@ def _method_arm(run_cfg, acc, device, batches, total_steps) -> _Arm:
             prepared, opt = acc.prepare(model, opt)
         else:
             prepared = acc.prepare(model)
-        step = _loop_step(run_cfg, acc, prepared, opt, sched)
+        step = _loop_step(run_cfg, acc, prepared, opt, sched)(method.after_warmup_backward)
         for i in range(warm):
-            step(batches[i % len(batches)], i, hook=method.after_warmup_backward)
+            step({k: v.to(device) for k, v in batches[i % len(batches)].items()}, i)
         _sync(device)
         warmup_seconds = time.perf_counter() - start
     info = method.apply(model)
+    model.train()
     opt, sched = make_optimizer(model, run_cfg, total_steps + warm, warm)
     model, opt = acc.prepare(model, opt)
     info = {k: v for k, v in info.items() if isinstance(v, (int, float, str, list, type(None)))}
@@ -241,6 +242,7 @@ def _method_arm(run_cfg, acc, device, batches, total_steps) -> _Arm:
 def _floor_arm(run_cfg, acc, device) -> _Arm:
     """Every weight frozen; the embedding output requires grad, so backward computes input gradients only."""
     model, _ = load_model(run_cfg["model"]["path"], run_cfg["model"].get("dtype", "auto"), device)
+    model.train()
     for p in model.parameters():
         p.requires_grad_(False)
     model.get_input_embeddings().register_forward_hook(lambda mod, inp, out: out.requires_grad_(True))
@@ -261,7 +263,7 @@ def _account(arm: _Arm, batch: dict, global_step: int) -> float:
         grads["tensors"] = sum(1 for p in m.parameters() if p.grad is not None)
 
     with SavedActivations(exclude=params + list(model.buffers())) as saved:
-        loss = arm.step(batch, global_step, hook=grab_grads)
+        loss = arm.make_step(grab_grads)(batch, global_step)
     opt_bytes = unique_bytes(t for s in arm.opt.state.values() for t in _tensors_of(s)) if arm.opt else 0
     p_bytes = unique_bytes(params)
     t_bytes = unique_bytes(p for p in params if p.requires_grad)
@@ -304,7 +306,8 @@ def profile_table1(run_cfgs: dict, table1: dict, out_path, threads: int | None =
     settings {steps, warmup_steps, batch_size, seq_len, seed}, batches {n, sha256, tokens,
     positions}, order [arm names, floor first], schedule [{round, arm, timed}] in execution
     order, noise (a sentence), meta_info, and arms {name: {label, kind ("floor"|"method"),
-    trainable_params, total_params, budget_reached, warmup_steps, warmup_seconds (SMT's
+    trainable_params, total_params, budget_reached, warmup_steps, rank, loss_route
+    (harness.loss route: keep/decoder = head on labelled positions only), warmup_seconds (SMT's
     warm-up + selection; null if none), step_seconds [timed, in round order], step {median, q1,
     q3, iqr} (seconds), tokens_per_s {median, q1, q3, iqr} (non-pad tokens), positions_per_s,
     final_loss, ratio_to_floor (median / floor median), ratio_to_floor_paired (per-round ratio
@@ -324,13 +327,11 @@ def profile_table1(run_cfgs: dict, table1: dict, out_path, threads: int | None =
             if cfg[key]["path"] != first[key]["path"]:
                 raise ValueError(f"Table 1 compares methods on one {key}: {name} uses {cfg[key]['path']}, "
                                  f"not {first[key]['path']}")
-    from accelerate import Accelerator
-
     settings = table1_settings(table1, first["train"])
     threads = int(threads or first["train"].get("threads") or torch.get_num_threads())
     torch.set_num_threads(threads)
     device = resolve_device(first["model"].get("device", "auto"))
-    acc = Accelerator(cpu=device.type == "cpu")
+    acc = build_accelerator(first)
     cfgs = {name: _profile_cfg(cfg, settings) for name, cfg in run_cfgs.items()}
     set_seed(int(first.get("seed", 0)))
     tok = _tokenizer(first["model"]["path"])
@@ -373,7 +374,7 @@ def profile_table1(run_cfgs: dict, table1: dict, out_path, threads: int | None =
     result = {"format": FORMAT, "model": first["model"].get("name"), "model_path": str(first["model"]["path"]),
               "dataset": first["dataset"].get("name"), "budget_asked": first.get("budget"),
               "device": str(device), "dtype": str(next(arms[FLOOR].model.parameters()).dtype).replace("torch.", ""),
-              "threads": threads, "lm_head": _lm_head_mode(), "settings": settings,
+              "threads": threads, "lm_head": _lm_head_mode(arms), "settings": settings,
               "batches": {"n": len(batches), "sha256": batches_sha256(batches),
                           "tokens": [int(b["attention_mask"].sum()) for b in batches],
                           "positions": [int(b["attention_mask"].numel()) for b in batches]},
@@ -396,11 +397,12 @@ def _tokenizer(path):
     return tok
 
 
-def _lm_head_mode() -> str:
-    """What the training loop's step computes the LM head on (H1's label-position head, when present)."""
-    import harness.train as train_mod
-
-    return getattr(train_mod, "LM_HEAD_POSITIONS", "all positions")
+def _lm_head_mode(arms: dict) -> str:
+    """Where the loop's step applies the LM head (harness.loss routes: keep/decoder = labelled positions)."""
+    routes = {arm.loss_route for arm in arms.values()}
+    if routes <= {"keep", "decoder"}:
+        return "label positions"
+    return "all positions" if routes == {"full"} else "mixed: " + ", ".join(sorted(routes))
 
 
 def _arm_json(arm: _Arm, arms: dict) -> dict:
@@ -412,7 +414,7 @@ def _arm_json(arm: _Arm, arms: dict) -> dict:
     return {
         "label": arm.label, "kind": "floor" if arm.name == FLOOR else "method",
         **{k: arm.info.get(k) for k in ("trainable_params", "total_params", "budget_reached", "warmup_steps")},
-        "rank": arm.info.get("rank"), "warmup_seconds": arm.warmup_seconds,
+        "rank": arm.info.get("rank"), "warmup_seconds": arm.warmup_seconds, "loss_route": arm.loss_route,
         "step_seconds": arm.times, "step": _quartiles(arm.times),
         "tokens_per_s": _quartiles([n / t for n, t in zip(arm.tokens, arm.times)]),
         "positions_per_s": _quartiles([n / t for n, t in zip(arm.positions, arm.times)]),

@@ -50,7 +50,7 @@ def profile(tiny_env, tmp_path_factory):
 
 
 def test_json_has_every_arm_with_timed_steps(profile):
-    assert profile["format"] == prof.FORMAT
+    assert profile["format"] == prof.FORMAT and profile["lm_head"] == "label positions"  # the loop's head (H1)
     assert profile["order"] == [prof.FLOOR] + METHODS and set(profile["arms"]) == set(profile["order"])
     for name, arm in profile["arms"].items():
         assert len(arm["step_seconds"]) == STEPS, name
@@ -105,6 +105,10 @@ def test_saved_activations_frozen_linear_saves_no_input():
     with prof.SavedActivations(exclude=params) as saved:
         lin(x).sum().backward()
     assert saved.activation_bytes == 5 * 32 * 4                               # x, for dL/dW
+    other = nn.Linear(32, 8)
+    with prof.SavedActivations(exclude=params + list(other.parameters())) as saved:
+        (lin(x).sum() + other(x[1:]).sum()).backward()                            # x saved twice, x[1:] a view
+    assert saved.activation_bytes == 5 * 32 * 4 and len(saved.saved) == 1     # one storage, counted once
 
 
 def test_saved_activations_smt_only_needed_columns():

@@ -1,20 +1,21 @@
-# Table 1: step time and peak memory of one method at the table's budget.
+# Table 1: ONE job measures every method of experiments.table1 side by side against the frozen
+# floor (same model, same batches, round-robin rounds; harness.profile.profile_table1).
 
 
-rule profile_step:
+rule profile_table1:
     input:
-        model=lambda w: model_marker(w.model),
+        model=model_marker(CFG["experiments"]["table1"]["model"]),
         data=hc.train_set_path(CFG, CFG["experiments"]["table1"]["dataset"]),
     output:
-        f"{RESULTS}/profile/{{model}}/{{method}}.json",
+        profile_file(),
     log:
-        f"{LOGS}/profile/{{model}}/{{method}}.log",
+        f"{LOGS}/profile/{CFG['experiments']['table1']['model']}/table1.log",
     benchmark:
-        f"{BENCH}/profile/{{model}}/{{method}}.tsv"
+        f"{BENCH}/profile/{CFG['experiments']['table1']['model']}/table1.tsv"
     params:
-        run_cfg=lambda w: hc.resolve_run(CFG, hc.profile_run_id(CFG, w.model, w.method)),
-        n_steps=CFG["experiments"]["table1"]["steps"],
-    threads: CFG["threads"]
+        run_cfgs={m: hc.resolve_run(CFG, hc.profile_run_id(CFG, model, m)) for model, m in hc.expand_profiles(CFG)},
+        table1=CFG["experiments"]["table1"],
+    threads: CFG["experiments"]["table1"].get("threads") or CFG["threads"]
     resources:
         mem_mb=mem("profile"),
         runtime=runtime("profile"),

@@ -1,10 +1,9 @@
-"""Snakemake script: time training steps of one method (harness.profile.profile_step)."""
+"""Snakemake script: Table 1's one side-by-side profile job (harness.profile.profile_table1)."""
 from _job import start
 
 start(snakemake.threads, snakemake.log[0])
 
-from harness.profile import profile_step
+from harness.profile import profile_table1
 
-run_cfg = dict(snakemake.params.run_cfg)
-run_cfg["train"] = dict(run_cfg["train"], threads=snakemake.threads)
-profile_step(run_cfg, snakemake.params.n_steps, snakemake.output[0])
+profile_table1(dict(snakemake.params.run_cfgs), dict(snakemake.params.table1), snakemake.output[0],
+               threads=snakemake.threads)
