@@ -18,16 +18,16 @@ def job_counts(stdout: str) -> dict:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M)}
 
 
-@pytest.mark.parametrize("configfile, trains", [("config/config.yaml", 29), ("config/test.yaml", 16),
-                                                ("config/paper.yaml", 86)])
+@pytest.mark.parametrize("configfile, trains", [("config/config.yaml", 32), ("config/test.yaml", 18),
+                                                ("config/paper.yaml", 103)])
 def test_dry_run_all(configfile, trains):
     res = snakemake("-n", "--forceall", f"--configfile={configfile}", "all")
     assert res.returncode == 0, res.stderr[-3000:]
     counts = job_counts(res.stdout)
     assert counts["train"] == counts["evaluate"] == trains
-    assert counts["profile_step"] == 4
+    assert counts["profile_table1"] == 1  # one side-by-side job for every method
     assert all(counts[t] == 1 for t in ("table1", "table2", "table3", "table4", "table5", "table6",
-                                        "figure3", "figure4", "figure5"))
+                                        "table7", "figure3", "figure4", "figure5", "figure7"))
 
 
 def test_dry_run_table2_needs_only_its_runs():
@@ -36,7 +36,7 @@ def test_dry_run_table2_needs_only_its_runs():
     # the local profile (keep-going, rerun-incomplete) applies without --profile
     assert "Using workflow specific profile profiles/default" in res.stdout + res.stderr
     counts = job_counts(res.stdout)
-    assert counts["train"] == 19 and "profile_step" not in counts and "table3" not in counts
+    assert counts["train"] == 19 and "profile_table1" not in counts and "table3" not in counts
 
 
 def test_slurm_profile_dry_run():

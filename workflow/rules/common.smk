@@ -9,7 +9,11 @@ sys.path.insert(0, workflow.basedir)  # harness importable before `pip install -
 from harness import config as hc
 
 
-CFG = hc.load_config(config)
+# Snakemake parses the config files itself and keeps the last of two equal keys silently: read
+# each one again, refusing duplicates (the error names the key, file and line), then validate.
+for _configfile in workflow.config_settings.configfiles or [os.path.join(workflow.basedir, "config/config.yaml")]:
+    hc.load_yaml_strict(_configfile)
+CFG = hc.load_config(config)  # applies `recipe`, checks the schema and every method's own Settings
 PATHS = CFG["paths"]
 EXE = CFG["execution"]
 TARGETS = list(hc.TARGETS)
@@ -56,14 +60,15 @@ def eval_file(rid):
     return f"{hc.run_dir(CFG, rid)}/eval/{hc.suite_of(CFG, rid)}.json"
 
 
-def profile_file(model, method):
-    return f"{RESULTS}/profile/{model}/{method}.json"
+def profile_file():
+    """Table 1's one side-by-side profile (rule profile_table1)."""
+    return f"{RESULTS}/profile/{CFG['experiments']['table1']['model']}/table1.json"
 
 
 def target_inputs(target):
     """Files a table/figure reads: eval outputs of its runs, or Table 1's profiles."""
     if target == "table1":
-        return [profile_file(m, meth) for m, meth in hc.expand_profiles(CFG)]
+        return [profile_file()]
     return [eval_file(r) for r in hc.expand_runs(CFG, target)]
 
 
