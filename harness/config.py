@@ -3,7 +3,12 @@
 All sweep logic lives here; the Snakemake rules only call these functions.
 A run id is "<model>/<dataset>/<method>/b<budget%>/<placement>/s<seed>", e.g.
 "smollm2-135m/commonsense/smt/b0.84/qkv/s0"; full fine-tuning is
-"<model>/<dataset>/full_ft/b100/<placement>/s<seed>".
+"<model>/<dataset>/full_ft/b100/<placement>/s<seed>". <method> is a key of `methods:`: a
+registered method (baselines.available()) or a variant of one (`base: smt` plus overrides).
+
+Method hyper-parameters are validated by the method's own `Settings` (baselines), the rest by
+workflow/schemas/config.schema.yaml. Tables and figures are a registry (`@target`): a new table
+is one entry under `experiments:` plus one function here that lists its runs.
 """
 from __future__ import annotations
 
@@ -15,10 +20,10 @@ import yaml
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
-TABLES = ("table1", "table2", "table3", "table4", "table5", "table6")
-FIGURES = ("figure3", "figure4", "figure5")
-TARGETS = TABLES + FIGURES
 FULL_FT = "full_ft"
+# keys of a config entry methods.<name> that every method shares (the schema checks them);
+# every other key is one of the method's own Settings fields.
+SHARED_METHOD_KEYS = ("lr", "placement", "label", "base", "deviations", "overrides")
 FULL_FT_BUDGET = "100"
 RUN_ID_PATTERNS = {
     "model": r"[A-Za-z0-9._-]+",
@@ -55,20 +60,91 @@ def _where(path) -> str:
     return ".".join(str(p) for p in path) or "<top level>"
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping with the same key twice (PyYAML keeps the last silently)."""
+
+
+def _strict_mapping(loader, node, deep=False):
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"{loader.name}: duplicate key {key!r} at line {key_node.start_mark.line + 1} "
+                              f"(first at line {seen[key] + 1}); YAML would silently keep the last one. "
+                              "Remove or merge one of them.")
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _strict_mapping)
+
+
+def load_yaml_strict(path) -> dict:
+    """A YAML file as a dict; a duplicate key (at any depth) is a ConfigError naming key, file and line."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    text = path.read_text()
+    loader = _StrictLoader(text)
+    loader.name = str(path)
+    try:
+        data = loader.get_single_data()
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    finally:
+        loader.dispose()
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of keys, got {type(data).__name__}")
+    return data or {}
+
+
+def deep_merge(base: dict, overlay: dict) -> dict:
+    """base with overlay merged in: mappings merge key by key, everything else (lists too) is replaced."""
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def apply_recipe(config: dict) -> dict:
+    """The config with its chosen recipe overlay merged in (`recipe: <name>` picks `recipes.<name>`).
+
+    A recipe is a partial config (e.g. the authors' code's values where they differ from the
+    paper); `recipe: null` or a recipe without an overlay leaves the config as written.
+    """
+    name, recipes = config.get("recipe"), config.get("recipes") or {}
+    if not isinstance(recipes, dict):
+        raise ConfigError("recipes: must map a recipe name to a partial config")
+    if name is None:
+        return config
+    if name not in recipes:
+        raise ConfigError(f"recipe: {name!r} is not defined under `recipes:` (defined: {', '.join(recipes) or 'none'})")
+    overlay = recipes[name] or {}
+    if not isinstance(overlay, dict):
+        raise ConfigError(f"recipes.{name}: must be a partial config (a mapping; {{}} keeps the file as written)")
+    for key in ("recipe", "recipes"):
+        if key in overlay:
+            raise ConfigError(f"recipes.{name}.{key}: a recipe cannot set {key}")
+    return deep_merge(config, overlay)
+
+
 def load_config(src) -> dict:
     """Load (path) or copy (dict) a config, validate it and fill defaults; raise ConfigError.
 
-    Checks the JSON schema (unknown keys, types, ranges) and then the cross
-    references: every model, dataset, method and placement an experiment names
-    must be defined, quotas must sum to 1, and the train length must be set.
+    Applies the chosen `recipe` overlay, checks the JSON schema (unknown keys, types, ranges),
+    the cross references (every model, dataset, method and placement an experiment names must
+    be defined, quotas must sum to 1, the train length must be set) and every method's own
+    settings (the method's `Settings` in baselines, including each override and variant).
+    A file is read with duplicate keys refused.
     """
     if isinstance(src, (str, os.PathLike)):
-        path = pathlib.Path(src)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} not found")
-        config = yaml.safe_load(path.read_text()) or {}
+        config = load_yaml_strict(src)
     else:
         config = copy.deepcopy(dict(src))
+    config = apply_recipe(config)
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     errors = sorted(_validator_with_defaults()(schema).iter_errors(config),
                     key=lambda e: list(map(str, e.absolute_path)))
@@ -77,6 +153,7 @@ def load_config(src) -> dict:
         raise ConfigError(f"config {config.get('name', '?')!r} is invalid "
                           f"(see {SCHEMA_PATH.relative_to(REPO_ROOT)}):\n" + "\n".join(lines))
     _check_references(config)
+    check_methods(config)
     return config
 
 
@@ -93,8 +170,16 @@ def _check_references(config: dict) -> None:
         raise ConfigError("train: set max_steps or epochs")
     for name, ds in config["datasets"].items():
         _need(config, "eval", ds["suite"], f"datasets.{name}.suite")
-    for name, method in config["methods"].items():
-        _need(config, "placements", method["placement"], f"methods.{name}.placement")
+    for name in config["methods"]:
+        entry = method_entry(config, name)
+        for key in ("lr", "placement"):
+            if key not in entry:
+                raise ConfigError(f"methods.{name}: set `{key}` (or `base:` an entry that sets it)")
+        _need(config, "placements", entry["placement"], f"methods.{name}.placement")
+        for i, ov in enumerate(entry.get("overrides", [])):
+            for key, section in (("model", "models"), ("dataset", "datasets")):
+                if key in ov["when"]:
+                    _need(config, section, ov["when"][key], f"methods.{name}.overrides[{i}].when.{key}")
     for name, place in config["placements"].items():
         quotas = place.get("quotas")
         if quotas and abs(sum(q["share"] for q in quotas.values()) - 1.0) > 1e-6:
@@ -102,38 +187,112 @@ def _check_references(config: dict) -> None:
         if "target_modules" not in place and not quotas:
             raise ConfigError(f"placements.{name}: set target_modules or quotas")
         if "target_modules" in place and place["target_modules"] is None \
-                and name != config["methods"].get(FULL_FT, {}).get("placement"):
+                and name != (method_entry(config, FULL_FT).get("placement") if FULL_FT in config["methods"] else None):
             raise ConfigError(f"placements.{name}: target_modules null (all parameters) is only for full_ft")
     for target, exp in config["experiments"].items():
         where = f"experiments.{target}"
-        for model in exp.get("models", [exp.get("model")]):
+        extra = exp.get("extra", [])
+        for model in exp.get("models", [exp.get("model")]) + [e["model"] for e in extra]:
             if model is not None:
                 _need(config, "models", model, f"{where}.model")
         if "dataset" in exp:
             _need(config, "datasets", exp["dataset"], f"{where}.dataset")
-        for method in exp.get("methods", []):
+        for method in exp.get("methods", []) + [m for e in extra for m in e["methods"]]:
             _need(config, "methods", method, f"{where}.methods")
         for place in exp.get("placements", []) + [exp.get("placement")] * ("placement" in exp):
             _need(config, "placements", place, f"{where}.placements")
-    sweep = config["experiments"]["table3"]["methods"]
-    for method in ("lora", "dora", "smt"):
-        if method not in sweep:
-            raise ConfigError(f"experiments.table3.methods must include {method!r} (Table 2 and Figure 3 use it)")
+        if "method" in exp:
+            _need(config, "methods", exp["method"], f"{where}.method")
     if config["experiments"]["table2"]["full_ft"]:
         _need(config, "methods", FULL_FT, "experiments.table2.full_ft")
-    if "smt" not in config["experiments"]["table5"]["methods"] and config["experiments"]["table5"]["smt_best_budgets"]:
-        raise ConfigError("experiments.table5: smt_best_budgets needs 'smt' in methods")
+    if config["experiments"]["table5"]["smt_best_budgets"]:
+        _need(config, "methods", "smt", "experiments.table5.smt_best_budgets (runs method smt)")
+
+
+def method_entry(config: dict, name: str) -> dict:
+    """The config entry methods.<name> with its `base` entry's keys inherited (variants).
+
+    A variant `{base: smt, scoring: abs_mean, label: ...}` starts from methods.smt (when the
+    config defines it; every key but `label`), then its own keys replace those; `deviations` and
+    `overrides` are concatenated (the base's first). `base` names a registered method or another
+    entry; the chain ends at a registered method (see registered_method).
+    """
+    methods = config["methods"]
+    _need(config, "methods", name, "method")
+    chain, entry = [name], methods[name]
+    while "base" in entry and entry["base"] in methods and entry["base"] != chain[-1]:
+        if entry["base"] in chain:
+            raise ConfigError(f"methods.{name}.base: the chain {' -> '.join(chain + [entry['base']])} is a cycle")
+        chain.append(entry["base"])
+        entry = methods[entry["base"]]
+    merged = {}
+    for link in reversed(chain):
+        spec = copy.deepcopy(methods[link])
+        if link != name:
+            spec.pop("label", None)
+        for key in ("deviations", "overrides"):
+            spec[key] = merged.get(key, []) + spec.get(key, [])
+        merged.update(spec)
+    merged["base"] = registered_name(config, name)
+    return merged
+
+
+def registered_name(config: dict, name: str) -> str:
+    """The registered method a config entry runs: the end of its `base` chain (itself when none)."""
+    methods, seen = config["methods"], [name]
+    while "base" in methods.get(seen[-1], {}):
+        nxt = methods[seen[-1]]["base"]
+        if nxt == seen[-1] or nxt not in methods:
+            return nxt
+        if nxt in seen:
+            raise ConfigError(f"methods.{name}.base: the chain {' -> '.join(seen + [nxt])} is a cycle")
+        seen.append(nxt)
+    return seen[-1]
+
+
+def _method_class(config: dict, name: str):
+    import baselines
+
+    registered = registered_name(config, name)
+    try:
+        return baselines.get_method(registered)
+    except KeyError:
+        where = f"methods.{name}.base" if registered != name else f"methods.{name}"
+        raise ConfigError(f"{where}: no method {registered!r} in the baselines registry "
+                          f"(available: {', '.join(baselines.available())}). Add a module under baselines/ "
+                          "(README, Add your own method) or name a registered method in `base:`") from None
+
+
+def _settings_values(entry: dict) -> dict:
+    return {k: v for k, v in entry.items() if k not in SHARED_METHOD_KEYS}
+
+
+def check_methods(config: dict) -> None:
+    """Validate every method entry's own keys with its method's Settings (imports the registry)."""
+    from baselines.settings import SettingsError
+
+    for name in config["methods"]:
+        cls, entry = _method_class(config, name), method_entry(config, name)
+        values = _settings_values(entry)
+        try:
+            cls.parse_settings(values, f"methods.{name}")
+            for i, ov in enumerate(entry.get("overrides", [])):
+                cls.parse_settings({**values, **{k: v for k, v in ov["set"].items() if k != "lr"}},
+                                   f"methods.{name}.overrides[{i}].set")
+        except SettingsError as err:
+            raise ConfigError(f"config {config.get('name', '?')!r}: {err}") from None
+
+
+def method_label(config: dict, name: str) -> str:
+    """Display name of a method entry: its `label`, else the registered method's `label`."""
+    label = config["methods"].get(name, {}).get("label")
+    return label if label else getattr(_method_class(config, name), "label", name)
 
 
 def check_registry(config: dict) -> None:
-    """Every configured method must exist in the baselines registry (imports torch; call before jobs run)."""
-    import baselines
-
-    known = set(baselines.available())
+    """Every configured method must run a method of the baselines registry (imports torch)."""
     for name in config["methods"]:
-        if name not in known:
-            raise ConfigError(f"methods.{name}: no such method in the baselines registry "
-                              f"(available: {', '.join(sorted(known))})")
+        _method_class(config, name)
 
 
 def budget_label(percent) -> str:
@@ -159,7 +318,7 @@ def parse_run_id(run_id: str) -> dict:
 
 
 def _run(config, model, dataset, method, budget, placement=None):
-    placement = placement or config["methods"][method]["placement"]
+    placement = placement or method_entry(config, method)["placement"]
     return [make_run_id(model, dataset, method, budget, placement, s) for s in config["seeds"]]
 
 
@@ -169,32 +328,91 @@ def models_of(config: dict, target: str) -> list[str]:
     return exps[target].get("models") or exps["table3"]["models"]
 
 
-def _target_runs(config: dict, target: str) -> list[str]:
-    exps = config["experiments"]
-    exp = exps[target]
+# target name -> function(config, experiment) -> run ids. A new table or figure is one entry
+# under `experiments:` (schema) plus one function registered here with @target.
+EXPANDERS: dict = {}
+
+
+def target(*names):
+    """Register a function listing the run ids of the named targets."""
+    def deco(fn):
+        for name in names:
+            EXPANDERS[name] = fn
+        return fn
+    return deco
+
+
+@target("table1")
+def _profiles_only(config, exp):
+    return []  # Table 1 profiles methods (expand_profiles); it trains no run
+
+
+@target("table3", "figure3")
+def _sweep(config, exp, models=None):
+    sweep = config["experiments"]["table3"]
     runs = []
-    if target == "table1":
-        return runs
-    sweep = exps["table3"]
-    if target in ("table3", "figure3", "table2"):
-        for model in models_of(config, target):
-            for method in sweep["methods"]:
-                for budget in sweep["budgets"]:
-                    runs += _run(config, model, sweep["dataset"], method, budget)
-            if target == "table2" and exp["full_ft"]:
-                runs += _run(config, model, sweep["dataset"], FULL_FT, None)
-    elif target in ("table4", "table6"):
-        for place in exp["placements"]:
-            runs += _run(config, exp["model"], exp["dataset"], "smt", exp["budget"], place)
-    elif target == "table5":
-        for method in exp["methods"]:
-            for budget in exp["budgets"]:
-                runs += _run(config, exp["model"], exp["dataset"], method, budget)
-        for budget in exp["smt_best_budgets"]:
-            runs += _run(config, exp["model"], exp["dataset"], "smt", budget)
-    elif target in ("figure4", "figure5"):
-        runs = _run(config, exp["model"], exp["dataset"], "smt", exp["budget"], exp["placement"])
+    for model in models or sweep["models"]:
+        for method in sweep["methods"]:
+            for budget in sweep["budgets"]:
+                runs += _run(config, model, sweep["dataset"], method, budget)
     return runs
+
+
+@target("table2")
+def _table2(config, exp):
+    sweep, runs = config["experiments"]["table3"], []
+    for model in models_of(config, "table2"):
+        runs += _sweep(config, exp, [model])
+        if exp["full_ft"]:
+            runs += _run(config, model, sweep["dataset"], FULL_FT, None)
+    for extra in exp.get("extra", []):  # rows at budgets outside the sweep (e.g. DoRA's best)
+        for method in extra["methods"]:
+            for budget in extra["budgets"]:
+                runs += _run(config, extra["model"], sweep["dataset"], method, budget)
+    return runs
+
+
+@target("table4", "table6")
+def _placements(config, exp):
+    return [r for place in exp["placements"]
+            for r in _run(config, exp["model"], exp["dataset"], exp.get("method", "smt"), exp["budget"], place)]
+
+
+@target("table5")
+def _table5(config, exp):
+    runs = []
+    for method in exp["methods"]:
+        for budget in exp["budgets"]:
+            runs += _run(config, exp["model"], exp["dataset"], method, budget)
+    for budget in exp["smt_best_budgets"]:
+        runs += _run(config, exp["model"], exp["dataset"], "smt", budget)
+    return runs
+
+
+@target("figure4", "figure5")
+def _one_smt_run(config, exp):
+    return _run(config, exp["model"], exp["dataset"], exp.get("method", "smt"), exp["budget"], exp["placement"])
+
+
+@target("table7")
+def _ablation(config, exp):
+    return [r for method in exp["methods"]
+            for r in _run(config, exp["model"], exp["dataset"], method, exp["budget"], exp["placement"])]
+
+
+@target("figure7")
+def _from_table(config, exp):
+    source = exp["from_table"]
+    return EXPANDERS[source](config, config["experiments"][source])
+
+
+TARGETS = tuple(EXPANDERS)
+TABLES = tuple(t for t in TARGETS if t.startswith("table"))
+FIGURES = tuple(t for t in TARGETS if t.startswith("figure"))
+
+
+def _target_runs(config: dict, target: str) -> list[str]:
+    return EXPANDERS[target](config, config["experiments"][target])
 
 
 def expand_runs(config: dict, target: str) -> list[str]:
@@ -255,17 +473,28 @@ def suite_of(config: dict, run_id: str) -> str:
     return config["datasets"][parse_run_id(run_id)["dataset"]]["suite"]
 
 
-def _method_cfg(config: dict, method: str, dataset: str) -> dict:
-    spec = copy.deepcopy(config["methods"][method])
-    spec.pop("placement")
-    spec.pop("deviations", None)
-    lr = spec.pop("lr_by_dataset", {}).get(dataset)
-    warm = spec.pop("warmup_steps_by_dataset", {}).get(dataset)
-    if lr is not None:
-        spec["lr"] = lr
-    if warm is not None:
-        spec["warmup_steps"] = warm
-    return {"name": method, **spec}
+def _matches(when: dict, model: str, dataset: str, budget) -> bool:
+    return (when.get("model", model) == model and when.get("dataset", dataset) == dataset
+            and ("budget" not in when or (budget is not None and abs(when["budget"] - budget) < 1e-9)))
+
+
+def _method_cfg(config: dict, method: str, model: str, dataset: str, budget) -> dict:
+    """run_cfg["method"]: the registered method's name, the variant, lr and EVERY setting (defaults filled).
+
+    Overrides whose `when` (model, dataset, budget in percent) matches the run apply in order.
+    """
+    entry = method_entry(config, method)
+    values = _settings_values(entry)
+    lr = entry["lr"]
+    for ov in entry.get("overrides", []):
+        if _matches(ov["when"], model, dataset, budget):
+            lr = ov["set"].get("lr", lr)
+            values.update({k: v for k, v in ov["set"].items() if k != "lr"})
+    cls = _method_class(config, method)
+    import dataclasses
+
+    settings = dataclasses.asdict(cls.parse_settings(values, f"methods.{method}"))
+    return {"name": cls.name, "variant": method, "lr": lr, **settings}
 
 
 def target_modules(place: dict) -> list[str] | None:
@@ -295,13 +524,14 @@ def resolve_run(config: dict, run_id: str) -> dict:
         "model": {"name": parts["model"], "path": model_dir(config, parts["model"]),
                   "dtype": model.get("dtype", "float32"), "device": "auto"},
         "dataset": {"name": parts["dataset"], "path": train_set_path(config, parts["dataset"])},
-        "method": _method_cfg(config, parts["method"], parts["dataset"]),
+        "method": _method_cfg(config, parts["method"], parts["model"], parts["dataset"], parts["budget"]),
         "budget": None if parts["budget"] is None else round(parts["budget"] / 100.0, 10),
         "placement": {"name": parts["placement"], "target_modules": target_modules(place),
                       "quotas": place.get("quotas")},
         "seed": parts["seed"],
         "train": train,
-        "deviations": list(config["deviations"]) + list(config["methods"][parts["method"]].get("deviations", [])),
+        "recipe": config.get("recipe"),
+        "deviations": list(config["deviations"]) + list(method_entry(config, parts["method"]).get("deviations", [])),
     }
 
 
@@ -309,7 +539,7 @@ def profile_run_id(config: dict, model: str, method: str) -> str:
     """The run id a Table 1 profile job uses (the table's budget, first seed)."""
     exp = config["experiments"]["table1"]
     return make_run_id(model, exp["dataset"], method, exp["budget"],
-                       config["methods"][method]["placement"], config["seeds"][0])
+                       method_entry(config, method)["placement"], config["seeds"][0])
 
 
 def eval_cfg(config: dict, suite: str) -> dict:

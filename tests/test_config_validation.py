@@ -59,7 +59,7 @@ def test_expand_runs_dedups_shared_runs():
     cfg = hc.load_config(hc.REPO_ROOT / "config/config.yaml")
     qkv = "smollm2-135m/commonsense/smt/b0.84/qkv/s0"
     everything = hc.expand_runs(cfg, "all")
-    assert len(everything) == len(set(everything)) == 29
+    assert len(everything) == len(set(everything)) == 32
     for target in ("table3", "table2", "table4", "table6", "figure3", "figure4", "figure5"):
         assert qkv in hc.expand_runs(cfg, target)
     assert everything.count(qkv) == 1
