@@ -1,5 +1,6 @@
 """The one training loop: every method overfits a tiny set, resume is exact, failures are recorded."""
 import json
+import math
 
 import pytest
 import torch
@@ -37,7 +38,7 @@ def make_cfg(env, name, steps=12, **train):
             "train": {"max_steps": steps, "epochs": None, "micro_batch_size": 4, "grad_accum": 1,
                       "lr_scheduler": "linear", "warmup_steps": 2, "weight_decay": 0.0, "max_grad_norm": 1.0,
                       "cutoff_len": 320, "train_on_inputs": False, "add_eos_token": True,
-                      "checkpoint_every": None, "threads": 1, "max_train_records": None, "log_every": 1,
+                      "checkpoint_every": None, "threads": 1, "log_every": 1,
                       **train},
             "deviations": ["tiny test run"]}
 
@@ -103,6 +104,10 @@ def test_resume_matches_uninterrupted(tiny_env, tmp_path, monkeypatch, name):
     monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
     resumed = train(cfg, tmp_path / "cut")
     assert resumed["train_info"]["resumed_from_step"] == 8
+    attempts = resumed["run_info"]["attempts"]
+    assert [a["status"] for a in attempts] == ["interrupted", "ok"]
+    assert attempts[-1]["resumed_from_step"] == 8 and attempts[-1]["fresh_start_reason"] is None
+    assert resumed["run_info"]["fingerprint"] == full["run_info"]["fingerprint"]
     assert resumed["train_info"]["loss_curve"] == full["train_info"]["loss_curve"]
     for delta in ("adapter_model.safetensors", "smt_delta.safetensors"):
         if (tmp_path / "full" / "delta" / delta).is_file():
@@ -139,22 +144,6 @@ def test_unknown_method_and_missing_data_are_recorded(tiny_env, tmp_path):
     assert rec["run_info"]["status"] == "failed" and rec["meta_info"]["packages"]["torch"]
 
 
-@pytest.mark.parametrize("name", ["smt", "lora"])
-def test_profile_step_writes_timing(tiny_env, tmp_path, name):
-    from harness.profile import profile_step
-    out = profile_step(make_cfg(tiny_env, name), 2, tmp_path / "p.json", warmup_iters=1)
-    saved = json.loads((tmp_path / "p.json").read_text())
-    assert saved["method"] == name and len(saved["step_seconds"]) == 2
-    assert out["step_seconds_mean"] > 0 and out["peak_memory_bytes"] > 0
-    if name == "smt":
-        assert 0 < saved["budget_reached"] <= 0.05
-    else:
-        assert abs(saved["budget_reached"] - 0.05) < 0.02
-    from harness.report import table1_frame  # the profile JSON is what Table 1 reads
-    row = table1_frame([saved]).iloc[0]
-    assert row["Time/step (s)"] == f"{saved['step_seconds_mean']:.3f}" and row["Peak memory (MB)"] > 0
-
-
 def test_smt_warmup_lr_applies_to_the_warmup_only(tiny_env, tmp_path):
     cfg = make_cfg(tiny_env, "smt", steps=6)
     cfg["method"]["warmup_lr"] = 1e-4
@@ -162,3 +151,186 @@ def test_smt_warmup_lr_applies_to_the_warmup_only(tiny_env, tmp_path):
     warm = [c["lr"] for c in curve if c.get("phase") == "warmup"]
     main = [c["lr"] for c in curve if c.get("phase") != "warmup"]
     assert len(warm) == 3 and max(warm) <= 1e-4 and max(main) > 1e-3
+
+
+# ---- the schedule in the record is the config's ----------------------------------------------
+def expected_lr(peak, index, total, warmup):
+    """lr of the optimizer step with 0-based index `index`: linear warm-up from 0, linear decay to 0."""
+    if index < warmup:
+        return peak * index / warmup
+    return peak * (total - index) / (total - warmup)
+
+
+def test_lr_in_the_record_follows_the_schedule(tiny_env, tmp_path):
+    cfg = make_cfg(tiny_env, "lora", steps=8, warmup_steps=3)
+    curve = train(cfg, tmp_path)["train_info"]["loss_curve"]
+    assert [c["step"] for c in curve] == list(range(1, 9))
+    got = [c["lr"] for c in curve]
+    want = [expected_lr(LR["lora"], s - 1, 8, 3) for s in range(1, 9)]
+    assert got == pytest.approx(want, rel=1e-9, abs=1e-12)
+    assert got[0] == 0.0 and max(got) == pytest.approx(LR["lora"]) and got[-1] > 0
+
+
+def test_smt_main_phase_continues_the_schedule_after_its_warmup(tiny_env, tmp_path):
+    cfg = make_cfg(tiny_env, "smt", steps=9, warmup_steps=2)
+    cfg["method"]["warmup_lr"] = 1e-3
+    curve = train(cfg, tmp_path)["train_info"]["loss_curve"]
+    warm = [c for c in curve if c.get("phase") == "warmup"]
+    main = [c for c in curve if c.get("phase") != "warmup"]
+    assert [c["step"] for c in warm] == [1, 2, 3] and [c["step"] for c in main] == list(range(4, 10))
+    assert [c["lr"] for c in warm] == pytest.approx([expected_lr(1e-3, s - 1, 9, 2) for s in (1, 2, 3)])
+    assert [c["lr"] for c in main] == pytest.approx([expected_lr(LR["smt"], s - 1, 9, 2) for s in range(4, 10)])
+
+
+# ---- clean data and validation ---------------------------------------------------------------
+def test_examples_without_an_answer_are_dropped_and_counted(tiny_env, tmp_path):
+    recs = json.loads((tiny_env / "train.json").read_text())
+    long = [{"instruction": "why? " * 80, "input": "", "output": "the correct answer is true", "answer": ""}] * 3
+    (tmp_path / "mixed.json").write_text(json.dumps(recs + long))
+    cfg = make_cfg(tiny_env, "lora", steps=3, cutoff_len=320)
+    cfg["dataset"]["path"] = str(tmp_path / "mixed.json")
+    info = train(cfg, tmp_path / "run")["train_info"]
+    assert info["n_records"] == 11 and info["n_dropped_no_answer"] == 3 and info["n_examples"] == 8
+    (tmp_path / "none.json").write_text(json.dumps(long))
+    cfg["dataset"]["path"] = str(tmp_path / "none.json")
+    with pytest.raises(ValueError, match=r"none\.json.*cutoff_len=320.*raise train\.cutoff_len"):
+        train(cfg, tmp_path / "empty")
+    rec = json.loads((tmp_path / "empty" / "record.json").read_text())
+    assert rec["run_info"]["status"] == "failed" and "cutoff_len=320" in rec["run_info"]["error"]
+
+
+def heldout(env, n):
+    """The records the loop must hold out: Random(0) over the cleaned set (all records keep an answer here)."""
+    import random
+    recs = json.loads((env / "train.json").read_text())
+    return [recs[i] for i in sorted(random.Random(0).sample(range(len(recs)), n))]
+
+
+def records_loss(model, tok, recs):
+    """Token-weighted mean loss of HF's own forward over recs, one record at a time."""
+    from harness.prompts import tokenize_example
+    from harness.train import collate
+    total = count = 0
+    with torch.no_grad():
+        for r in recs:
+            b = collate(tok.pad_token_id)([tokenize_example(tok, r, 320, False, True)])
+            n = int((b["labels"][:, 1:] != -100).sum())
+            total, count = total + model(**b).loss.item() * n, count + n
+    return total / count
+
+
+@pytest.mark.parametrize("name", ["lora", "smt"])
+def test_validation_loss_on_held_out_records(tiny_env, tmp_path, monkeypatch, name):
+    seen = []
+    real_stream = train_mod.batch_stream
+
+    def spy(examples, *a, **k):
+        seen.extend(tuple(e["input_ids"]) for e in examples)
+        return real_stream(examples, *a, **k)
+
+    monkeypatch.setattr(train_mod, "batch_stream", spy)
+    cfg = make_cfg(tiny_env, name, steps=7, val_records=2, val_every=3)
+    cfg["seed"] = 5  # the held-out records do not depend on the run seed
+    info = train(cfg, tmp_path)["train_info"]
+    assert info["n_val_examples"] == 2 and info["n_examples"] == 6
+    val = info["val_curve"]
+    warm = 3 if name == "smt" else 0
+    assert [v["step"] for v in val] == ([0] if warm else []) + [warm] + [s for s in (3, 6) if s > warm] + [7]
+    assert info["final_val_loss"] == val[-1]["val_loss"] and all(math.isfinite(v["val_loss"]) for v in val)
+    assert val[-1]["val_loss"] < val[0]["val_loss"]
+    # computed on exactly the held-out records, with the untrained model at step 0 ...
+    base, tok = load_model(tiny_env / "model", "float32", "cpu")
+    assert val[0]["val_loss"] == pytest.approx(records_loss(base, tok, heldout(tiny_env, 2)), rel=1e-4)
+    # ... which training never saw
+    from harness.prompts import tokenize_example
+    held_ids = {tuple(tokenize_example(tok, r, 320, False, True)["input_ids"]) for r in heldout(tiny_env, 2)}
+    assert seen and not held_ids & set(seen) and len(set(seen)) == 6
+
+
+def test_validation_off_by_default(tiny_env, tmp_path):
+    info = train(make_cfg(tiny_env, "lora", steps=2), tmp_path)["train_info"]
+    assert info["val_curve"] == [] and info["final_val_loss"] is None and info["n_val_examples"] == 0
+
+
+# ---- the loss: LM head on answer positions only, same number as transformers' ---------------
+def _method_model(env, name):
+    """The tiny model with method `name` applied and its trainable parameters perturbed."""
+    model, tok = load_model(env / "model", "float32", "cpu")
+    cfg = make_cfg(env, name)
+    method = baselines.get_method(name)(cfg)
+    batch = _batch(tok)
+    if method.warmup_steps:  # SMT: select blocks from one gradient
+        for p in model.parameters():
+            p.requires_grad_(True)
+        method.begin_warmup(model)
+        model(**batch).loss.backward()
+        method.after_warmup_backward(model)
+        model.zero_grad(set_to_none=True)
+    method.apply(model)
+    model = getattr(method, "peft_model", None) or model
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    return model, batch
+
+
+def _batch(tok):
+    from harness.prompts import tokenize_example
+    from harness.train import collate
+    recs = [{"instruction": f"Is {a} odd?{' really' * a} Answer format: true/false", "input": "",
+             "output": f"the correct answer is {str(a % 2 == 1).lower()}", "answer": ""} for a in (1, 4, 7)]
+    return collate(tok.pad_token_id)([tokenize_example(tok, r, 320, False, True) for r in recs])
+
+
+def _grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+
+
+@pytest.mark.parametrize("name", ["full_ft", "lora", "dora", "vera", "smt"])
+def test_answer_only_loss_equals_transformers_loss(tiny_env, name):
+    from harness.loss import causal_lm_loss, loss_route
+    model, batch = _method_model(tiny_env, name)
+    model.train()  # dropout off in the test config? force determinism: eval for the comparison
+    model.eval()
+    ref = model(**batch)
+    ref.loss.backward()
+    ref_grads = _grads(model)
+    model.zero_grad(set_to_none=True)
+    assert loss_route(model) == "keep"
+    n_answer = int((batch["labels"][:, 1:] != -100).sum())
+    assert 0 < n_answer < batch["labels"].numel() / 3  # most positions carry no loss
+    for route in ("keep", "decoder", "full"):
+        loss = causal_lm_loss(model, batch, route=route)
+        assert loss.item() == pytest.approx(ref.loss.item(), rel=1e-6, abs=1e-6), route
+        loss.backward()
+        grads = _grads(model)
+        model.zero_grad(set_to_none=True)
+        assert grads.keys() == ref_grads.keys() and grads
+        for k in grads:
+            torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-4, atol=1e-6, msg=f"{route} {k}")
+    total = causal_lm_loss(model, batch, reduction="sum")
+    assert total.item() == pytest.approx(ref.loss.item() * n_answer, rel=1e-5)
+
+
+def test_answer_only_loss_through_accelerate_and_ddp(tiny_env, tmp_path):
+    import torch.distributed as dist
+    from accelerate import Accelerator
+
+    from harness.loss import causal_lm_loss, loss_route
+    model, batch = _method_model(tiny_env, "lora")
+    model.eval()
+    ref = model(**batch).loss.item()
+    prepared = Accelerator(cpu=True).prepare(model)
+    assert causal_lm_loss(prepared, batch).item() == pytest.approx(ref, rel=1e-6)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        assert loss_route(ddp) == "keep"
+        loss = causal_lm_loss(ddp, batch)
+        assert loss.item() == pytest.approx(ref, rel=1e-6)
+        loss.backward()  # through DDP's reducer
+        assert any(p.grad is not None for p in model.parameters() if p.requires_grad)
+    finally:
+        dist.destroy_process_group()
