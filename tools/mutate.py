@@ -89,7 +89,8 @@ class Mutant:
 
 # ----------------------------------------------------------------------------- mutant sources
 
-def load_curated(spec: dict) -> list[Mutant]:
+def load_curated(spec: dict, fast: bool = False) -> list[Mutant]:
+    """The curated mutants; with fast, a mutant's `fast_tests` (if any) replace its `tests`."""
     out, seen = [], set()
     for i, m in enumerate(spec.get("mutants") or []):
         missing = [k for k in ("id", "file", "original", "replacement", "tests") if k not in m]
@@ -101,6 +102,8 @@ def load_curated(spec: dict) -> list[Mutant]:
             raise SystemExit(f"mutants.yaml: mutant {m['id']!r} replaces its snippet by itself")
         seen.add(m["id"])
         tests = m["tests"] if isinstance(m["tests"], list) else [m["tests"]]
+        if fast and m.get("fast_tests"):
+            tests = list(m["fast_tests"])
         out.append(Mutant(m["id"], m["file"], m["original"], m["replacement"], m.get("description", ""),
                           tests, list(m.get("tags") or []), m.get("module", "")))
     return out
@@ -125,7 +128,7 @@ def generate(entry: dict, root: pathlib.Path) -> list[Mutant]:
     rel, kinds = entry["file"], set(entry.get("kinds") or ["cmp", "binop", "const", "boolop", "drop"])
     path = root / rel
     if not path.is_file():
-        return [Mutant(f"gen:{rel}", rel, "<file missing>", "", "file missing", entry["tests"])]
+        return [Mutant(f"gen:{rel}", rel, "<file missing>", "", "file missing", entry["tests"], generated=True)]
     text = path.read_text()
     tree, starts = ast.parse(text), _offsets(text)
     wanted = set(entry["functions"])
@@ -140,7 +143,10 @@ def generate(entry: dict, root: pathlib.Path) -> list[Mutant]:
             continue
         found_funcs.add(fn.name)
         k = 0
+        fstrings = [span(n) for n in ast.walk(fn) if isinstance(n, ast.JoinedStr)]  # no mutants inside f-strings
         for node in ast.walk(fn):
+            if hasattr(node, "lineno") and any(a <= span(node)[0] < b for a, b in fstrings):
+                continue
             muts = []  # (kind, new source, description)
             if "cmp" in kinds and isinstance(node, ast.Compare) and len(node.ops) == 1 \
                     and type(node.ops[0]) in _CMP_FLIP:
@@ -170,7 +176,8 @@ def generate(entry: dict, root: pathlib.Path) -> list[Mutant]:
                                   entry["tests"], list(entry.get("tags") or []), entry.get("module", ""),
                                   generated=True, span=(a, b)))
     for name in wanted - found_funcs:
-        out.append(Mutant(f"gen:{rel}:{name}", rel, f"<def {name}>", "", "function not found", entry["tests"]))
+        out.append(Mutant(f"gen:{rel}:{name}", rel, f"<def {name}>", "", "function not found", entry["tests"],
+                          generated=True))
     limit = entry.get("limit")
     return out[:limit] if limit else out
 
@@ -387,6 +394,8 @@ def main(argv=None) -> int:
     p.add_argument("--module", help="only these modules (comma-separated: smt,train,evaluate,data,report,...)")
     p.add_argument("--only", help="only these mutant ids (comma-separated)")
     p.add_argument("--tag", help="only mutants with this tag (e.g. smoke)")
+    p.add_argument("--fast", action="store_true",
+                   help="run each mutant's `fast_tests` (single test ids) instead of its `tests` where given")
     p.add_argument("--generated", action="store_true", help="also run the generated operator mutants")
     p.add_argument("--rev", help="test a committed revision (git archive REV) instead of the working tree")
     p.add_argument("--jobs", type=int, default=1, help="parallel copies (default 1)")
@@ -400,7 +409,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     spec = yaml.safe_load(pathlib.Path(args.mutants).read_text()) or {}
-    mutants = load_curated(spec)
+    mutants = load_curated(spec, args.fast)
     src_root = REPO
     tmp_src = None
     if args.rev and args.generated:  # generated spans must come from the revision's text
@@ -459,25 +468,31 @@ def main(argv=None) -> int:
                   "status": "error", "detail": "none of its mapped test files exists here"}
                  for m in mutants if not m.tests]
         mutants_run = [m for m in mutants if m.tests]
-        suites = sorted({tuple(m.tests) for m in mutants_run})
-        clean = {}
+        # one clean run over every mapped test (split over the copies): tests failing there are
+        # deselected for the mutants; a copy whose run errs makes its tests' mutants errors
+        units = list(dict.fromkeys(t for m in mutants_run for t in m.tests))
+        chunks = [c for c in (units[i::len(workers)] for i in range(len(workers))) if c]
+        bad, failing_all, why = set(), [], ""
         with cf.ThreadPoolExecutor(len(workers)) as pool:
-            futs = {pool.submit(workers[i % len(workers)].clean, list(s)): s for i, s in enumerate(suites)}
+            futs = {pool.submit(workers[i].clean, chunk): chunk for i, chunk in enumerate(chunks)}
             for f in cf.as_completed(futs):
-                clean[futs[f]] = f.result()
-                outcome, secs, tail, failing = clean[futs[f]]
-                print(f"clean run {' '.join(futs[f])}: {outcome} ({secs:.0f} s)"
+                outcome, secs, tail, failing = f.result()
+                print(f"clean run of {len(futs[f])} test files/ids: {outcome} ({secs:.0f} s)"
                       + (f"; failing on the unmutated code, deselected: {' '.join(failing)}" if failing else ""),
                       flush=True)
+                failing_all += failing
                 if outcome != "passed":
-                    print("    " + _summary_line(tail), flush=True)
+                    bad |= set(futs[f])
+                    why = _summary_line(tail)
+                    print("    " + why, flush=True)
         for m in mutants_run:
-            m.deselect = clean[tuple(m.tests)][3]
-        todo = [m for m in mutants_run if clean[tuple(m.tests)][0] == "passed"]
+            files = {t.split("::")[0] for t in m.tests}
+            m.deselect = [n for n in failing_all if n.split("::")[0] in files]
+        todo = [m for m in mutants_run if not set(m.tests) & bad]
         results = early + [{"id": m.id, "module": m.module, "file": m.file, "description": m.description,
-                    "tests": m.tests, "status": "error",
-                    "detail": f"mapped tests fail on the unmutated code: {_summary_line(clean[tuple(m.tests)][2])}"}
-                   for m in mutants_run if clean[tuple(m.tests)][0] != "passed"]
+                            "tests": m.tests, "status": "error",
+                            "detail": f"mapped tests fail on the unmutated code: {why}"}
+                           for m in mutants_run if set(m.tests) & bad]
         free = list(workers)
 
         def job(m):
