@@ -250,3 +250,14 @@ def test_corrupt_eval_names_the_file(tmp_path, cfg):
     bad.write_text("{")
     with pytest.raises(ValueError, match=str(bad)):
         report.make_table("table6", cfg, paths, tmp_path / "t6")
+
+
+def test_equal_methods_are_shown_as_a_tie_not_a_best(tmp_path, cfg):
+    # every placement of Table 6 has the same true accuracy (70 %): no row may be called "best"
+    df = report.make_table("table6", cfg, write_runs(tmp_path, cfg, hc.expand_runs(cfg, "table6")), tmp_path / "t6")
+    assert "best" not in list(df.best) and list(df.best).count("tied best") >= 2
+    # ...while a clearly better placement is the one best
+    better = lambda rid: 0.95 if "/v/" in rid else default_accuracy(rid)  # noqa: E731
+    df = report.make_table("table6", cfg, write_runs(tmp_path / "b", cfg, hc.expand_runs(cfg, "table6"), better),
+                           tmp_path / "t6b")
+    assert list(df.best[:4]) == ["", "", "best", ""]

@@ -1,0 +1,107 @@
+"""Figure content: the data behind each figure (report.figure_data), and that the files are written."""
+import json
+
+import numpy as np
+import pytest
+from test_report_tables import _seeds, cfg, default_accuracy, macro, write_runs  # noqa: F401 (fixture)
+
+from harness import config as hc
+from harness import report
+
+
+def _plan(n_layers=2):
+    mods = {}
+    for layer in range(n_layers):
+        for proj, blocks in (("q_proj", []), ("k_proj", [[0, 0]] * layer), ("v_proj", [[0, 0], [1, 1]])):
+            mods[f"model.layers.{layer}.self_attn.{proj}"] = {"shape": [32, 32], "blocks": blocks}
+    return {"format": "smt-selection-plan/1", "block_size": 16, "total_params": 100000,
+            "meta": {"budget": 0.02}, "modules": mods}
+
+
+def test_figure3_draws_each_method_at_its_reached_budget_with_intervals(tmp_path, cfg):
+    rids = hc.expand_runs(cfg, "figure3")
+    reached = {r: 0.0262 for r in rids if "/lora/b2.00/" in r}
+    paths = write_runs(tmp_path, cfg, rids, reached=reached)
+    fig, frame, caption = report.figure_data("figure3", cfg, paths)
+    assert len(frame) == 6  # 3 methods x 2 budgets
+    lora2 = frame[(frame.method == "lora") & (frame.budget == 2.0)].iloc[0]
+    assert lora2.reached == pytest.approx(2.62) and lora2.label == report.method_label(cfg, "lora")
+    for row in frame.itertuples():
+        mean, spread = macro(tmp_path, _seeds(cfg, "tiny", "commonsense", row.method, row.budget))
+        assert row.acc == pytest.approx(mean) and row.spread == pytest.approx(spread)
+        assert row.lo < row.acc < row.hi and row.seeds == 2 and row.n == 8 * 40
+    assert "n = 320" in caption and "seeds = 2" in caption and "95 %" in caption
+    out = report.make_figure("figure3", cfg, paths, tmp_path / "fig" / "figure3")
+    assert [p.suffix for p in out] == [".png", ".pdf"] and all(p.stat().st_size > 1000 for p in out)
+    assert (tmp_path / "fig" / "figure3.data.csv").read_text().count("\n") == 2 + 1 + 6
+
+
+def test_placement_figures_show_accuracy_per_placement(tmp_path, cfg):
+    for name, table in (("figure_table4", "table4"), ("figure_table6", "table6")):
+        rids = hc.expand_runs(cfg, table)
+        status = {rids[0]: ("diverged", "nan"), rids[1]: ("diverged", "nan")}  # first placement: no result
+        paths = write_runs(tmp_path / name, cfg, rids, status=status)
+        _, frame, _ = report.figure_data(name, cfg, paths)
+        exp = cfg["experiments"][table]
+        assert list(frame.placement) == exp["placements"]
+        assert np.isnan(frame.acc.iloc[0]) and frame.seeds.iloc[0] == 0
+        for row in frame.iloc[1:].itertuples():
+            mean, _ = macro(tmp_path / name, _seeds(cfg, "tiny", "commonsense", "smt", exp["budget"], row.placement))
+            assert row.acc == pytest.approx(mean) and row.lo < row.acc < row.hi
+        report.make_figure(name, cfg, paths, tmp_path / "fig" / name)
+
+
+def test_val_loss_figure_uses_the_recorded_curves_and_skips_runs_without(tmp_path, cfg):
+    rids = hc.expand_runs(cfg, "table3")
+    curves = {rids[0]: {"val_curve": [{"step": 0, "val_loss": 3.0}, {"step": 5, "val_loss": 2.5}]},
+              rids[-1]: {"val_curve": [{"step": 0, "val_loss": 3.1}, {"step": 5, "val_loss": 2.0},
+                                       {"step": 10, "val_loss": 1.5}]}}
+    paths = write_runs(tmp_path, cfg, rids, train_info=curves)
+    _, frame, _ = report.figure_data("figure_val_loss", cfg, paths)
+    assert sorted(frame.run_id.unique()) == sorted([rids[0], rids[-1]])
+    assert list(frame[frame.run_id == rids[-1]].val_loss) == [3.1, 2.0, 1.5]
+    report.make_figure("figure_val_loss", cfg, paths, tmp_path / "fig" / "val")
+    none = write_runs(tmp_path / "none", cfg, rids)  # no curves at all: an empty figure, not an error
+    _, frame, caption = report.figure_data("figure_val_loss", cfg, none)
+    assert frame.empty and "no validation curves" in caption
+    assert report.make_figure("figure_val_loss", cfg, none, tmp_path / "fig" / "none")[0].is_file()
+
+
+def test_pareto_has_one_point_per_evaluated_run(tmp_path, cfg):
+    rids = hc.expand_runs(cfg, "table2")
+    ti = {rids[0]: {"steps": 20, "train_seconds": 8.0, "peak_memory_bytes": 3 * 2**20, "trainable_params": 1234}}
+    status = {rids[1]: ("failed", "oom")}
+    paths = write_runs(tmp_path, cfg, rids, status=status, train_info=ti)
+    _, frame, _ = report.figure_data("figure_pareto", cfg, paths)
+    assert list(frame.run_id) == [r for r in rids if r != rids[1]]
+    first = frame.iloc[0]
+    assert first.step_seconds == pytest.approx(0.4) and first.peak_memory_mb == pytest.approx(3.0)
+    assert first.trainable_params == 1234
+    assert first.acc == pytest.approx(macro(tmp_path, [rids[0]])[0]) and first.seeds == 1
+    report.make_figure("figure_pareto", cfg, paths, tmp_path / "fig" / "pareto")
+
+
+def test_figure7_shows_each_variant_with_size_and_step_time(tmp_path, cfg):
+    rids = hc.expand_runs(cfg, "figure7")
+    ti = {r: {"adapter_bytes": 3 * 2**20} for r in rids if "/smt_random/" in r}
+    paths = write_runs(tmp_path, cfg, rids, train_info=ti)
+    _, frame, _ = report.figure_data("figure7", cfg, paths)
+    assert list(frame.variant) == cfg["experiments"]["table7"]["methods"]
+    rnd = frame.set_index("variant").loc["smt_random"]
+    assert rnd.delta_mb == pytest.approx(3.0) and rnd.step_seconds == pytest.approx(0.5)
+    mean, _ = macro(tmp_path, _seeds(cfg, "tiny", "commonsense", "smt_random", 2.0, "qkv"))
+    assert rnd.acc == pytest.approx(mean)
+    report.make_figure("figure7", cfg, paths, tmp_path / "fig" / "figure7")
+
+
+def test_plan_figures(tmp_path, cfg):
+    for name in ("figure4", "figure5"):
+        paths = write_runs(tmp_path / name, cfg, hc.expand_runs(cfg, name))
+        for p in paths:
+            (p.parent / "plan.json").write_text(json.dumps(_plan()))
+        _, frame, _ = report.figure_data(name, cfg, paths)
+        if name == "figure5":
+            assert dict(zip(frame.projection, frame.share)) == pytest.approx({"q_proj": 0.0, "k_proj": 100 / 5,
+                                                                             "v_proj": 400 / 5})
+        out = report.make_figure(name, cfg, paths, tmp_path / "fig" / name)
+        assert all(p.stat().st_size > 1000 for p in out)
