@@ -39,6 +39,7 @@ import torch
 
 import baselines
 from baselines.base import WARMUP_WEIGHTS, StaleResumeError
+from harness import launch
 from harness.data import read_records
 from harness.loss import causal_lm_loss, n_answer_tokens
 from harness.models import load_model
@@ -226,12 +227,12 @@ def make_optimizer(model, run_cfg: dict, total_steps: int, offset: int, lr: floa
     return opt, sched
 
 
-def build_accelerator(run_cfg: dict):
-    """The Accelerator a run trains with (the one place it is built): CPU when model.device is
-    "cpu"; under `accelerate launch` it picks up the launcher's processes and DeepSpeed plugin."""
-    from accelerate import Accelerator
+def build_accelerator(run_cfg: dict, method=None):
+    """The Accelerator a run trains with (the one place it is built): harness.launch picks the
+    engine the launcher set up (one process, DDP, or DeepSpeed ZeRO-2 with a config per phase)."""
+    from harness import launch
 
-    return Accelerator(cpu=run_cfg["model"].get("device") == "cpu")
+    return launch.build_accelerator(run_cfg, method)
 
 
 # ---- the step --------------------------------------------------------------------------------
@@ -276,16 +277,15 @@ class TrainStep:
         start, losses, tokens = time.perf_counter(), [], 0
         for i in range(accum):
             batch = next(batches)
-            sync = acc.no_sync(self.model) if acc is not None and i < accum - 1 else contextlib.nullcontext()
-            with sync:
+            # DDP: no_sync but on the last micro-batch; DeepSpeed: the engine scales and syncs (harness.launch)
+            micro = launch.micro_batch(acc, self.model, i, accum) if acc is not None else contextlib.nullcontext(
+                lambda loss: (loss / accum).backward())
+            with micro as backward:
                 loss = causal_lm_loss(self.model, batch)
                 if not torch.isfinite(loss):
                     raise DivergedError(f"non-finite loss ({loss.item()}) at {where}; lower the learning "
                                         "rate (method lr) or check the data and dtype")
-                if acc is not None:
-                    acc.backward(loss / accum)
-                else:
-                    (loss / accum).backward()
+                backward(loss)
             losses.append(loss.item())
             tokens += int(batch["attention_mask"].sum()) * (acc.num_processes if acc is not None else 1)
         if self.after_backward is not None:
@@ -300,9 +300,15 @@ class TrainStep:
             self.opt.step()
             if self.sched is not None:
                 self.sched.step()
-        self.model.zero_grad(set_to_none=True)
+        if acc is not None:
+            launch.zero_grad(acc, self.model)
+        else:
+            self.model.zero_grad(set_to_none=True)
         self.steps_done += 1
-        return StepResult(loss=sum(losses) / len(losses), lr=float(lr), tokens=tokens,
+        loss = sum(losses) / len(losses)
+        if acc is not None and acc.num_processes > 1:  # the record shows the global batch's loss, not rank 0's
+            loss = acc.reduce(torch.tensor([loss], dtype=torch.float64, device=acc.device), "mean").item()
+        return StepResult(loss=loss, lr=float(lr), tokens=tokens,
                           seconds=time.perf_counter() - start)
 
 
@@ -464,7 +470,7 @@ class _Run:
         torch.set_num_threads(int(t.get("threads") or torch.get_num_threads()))
         seed = int(cfg.get("seed", 0))
         set_seed(seed)
-        acc = self.acc = build_accelerator(cfg)
+        acc = self.acc = build_accelerator(cfg, method)
         ckpt, reason = _resume_state(out_dir, self.fp, self.fp_inputs, method, self.attempts)
         acc.wait_for_everyone()
         if ckpt is None:
@@ -520,6 +526,7 @@ class _Run:
             self.tokens, self.prior_seconds = ckpt["tokens"], ckpt["train_seconds"]
             info["resumed_from_step"] = self.attempt["resumed_from_step"] = step
             log.info("resuming run %s from step %d", cfg.get("run_id"), step)
+        launch.select_phase(acc, "train")  # DeepSpeed: this phase's ZeRO-2 config (offload for full FT)
         prepared, opt = acc.prepare(model, opt)
         self.model = prepared
         batches = stream(step)
@@ -546,11 +553,12 @@ class _Run:
                 self._checkpoint(prepared, opt, sched, step)
         progress.close()
         seconds = self.prior_seconds + time.time() - self.main_start
-        model = acc.unwrap_model(prepared)
+        model = launch.finish(acc, prepared)  # DeepSpeed: engine released, parameters own their storage
         delta = method.save(model, out_dir / "delta")
         delta_files = file_sizes(out_dir / "delta")
         info.update({"steps": step, "warmup_steps": warm, "micro_batch_size": t["micro_batch_size"],
                      "grad_accum": t.get("grad_accum", 1), "num_processes": acc.num_processes,
+                     "engine": launch.describe(acc),
                      "tokens": self.tokens, "first_loss": self.curve[0]["loss"] if self.curve else None,
                      "final_loss": self.curve[-1]["loss"] if self.curve else None,
                      "final_val_loss": self.val_curve[-1]["val_loss"] if self.val_curve else None,
@@ -569,9 +577,12 @@ class _Run:
             p.requires_grad_(True)
         method.begin_warmup(model)
         opt = sched = None
+        launch.select_phase(acc, "warmup")  # DeepSpeed: offload config for a full-FT warm-up
         if method.warmup_mode == "full_ft":
             opt, sched = make_optimizer(model, self.cfg, total, 0, lr=getattr(method, "warmup_lr", None))
             prepared, opt = acc.prepare(model, opt)
+        elif launch.is_deepspeed(acc):
+            prepared = model  # gradients only: no ZeRO engine (it needs an optimizer); the scorer all-reduces
         else:
             prepared = acc.prepare(model)
         stepper = TrainStep(self.t, prepared, opt, sched, acc, after_backward=method.after_warmup_backward)

@@ -1,0 +1,282 @@
+"""Two processes train like one: DDP and DeepSpeed ZeRO-2 on this CPU (gloo), every method.
+
+One reference run per method in this process (1 process, grad_accum 4, micro-batch 2: global
+batch 8), then the same runs under 2 processes with grad_accum 2 (the same global batch, with
+gradient accumulation): once under plain DDP (`torchrun`, the ddp launcher) and once under
+accelerate + DeepSpeed ZeRO-2 (`accelerate launch --use_deepspeed`, the deepspeed launcher; full
+FT and SMT's full-FT warm-up with the offload config). Checked per method: the loss curve matches
+the reference within LOSS_TOL; SMT selects the same blocks on every rank and as one process; the
+saved delta loads and gives the same logits on a fixed input within LOGIT_TOL. Plus a bf16 path
+(DeepSpeed bf16, SMT and LoRA) that must run and agree across ranks.
+
+Each launch runs all of its runs in one pair of processes (this file is its own worker:
+`python -m torch.distributed.run ... tests/test_multiprocess.py --worker spec.json`).
+"""
+import dataclasses
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+LOSS_TOL = 2e-4      # absolute, per logged step (fp32; reduction order differs across processes)
+LOGIT_TOL = 2e-3     # absolute, max over a fixed batch's logits of the reloaded delta
+BF16_LOSS_TOL = 0.1  # bf16 runs against the fp32 reference: a sanity bound, not an identity
+STEPS, SMT_WARMUP = 5, 2
+LR = {"full_ft": 3e-3}
+
+
+def _methods():
+    import baselines
+    return baselines.available()
+
+
+def make_cfg(env, name, accum, micro=2):
+    import baselines
+    method = {"name": name, "lr": LR.get(name, 5e-2)}
+    fields = {f.name for f in dataclasses.fields(getattr(baselines.get_method(name), "Settings", object))} \
+        if dataclasses.is_dataclass(getattr(baselines.get_method(name), "Settings", None)) else set()
+    if "dropout" in fields:
+        method["dropout"] = 0.0      # dropout draws different random numbers per process
+    if name == "smt":
+        method.update(block_size=16, warmup_steps=SMT_WARMUP, warmup_mode="full_ft", scoring="mean_abs")
+    return {"run_id": f"tiny/{name}", "model": {"name": "tiny", "path": str(env / "model"), "dtype": "float32",
+                                                "device": "cpu"},
+            "dataset": {"name": "toy", "path": str(env / "train.json")}, "method": method,
+            "budget": None if name == "full_ft" else 0.05,
+            "placement": {"name": "qkv", "target_modules": ["q_proj", "k_proj", "v_proj"], "quotas": None},
+            "seed": 0,
+            "train": {"max_steps": STEPS, "epochs": None, "micro_batch_size": micro, "grad_accum": accum,
+                      "lr_scheduler": "linear", "warmup_steps": 1, "weight_decay": 0.0, "max_grad_norm": 1.0,
+                      "cutoff_len": 320, "train_on_inputs": False, "add_eos_token": True,
+                      "checkpoint_every": None, "threads": 1, "log_every": 1},
+            "deviations": ["tiny test run"]}
+
+
+# ------------------------------------------------------------------------------------------ worker
+def worker(spec_path: str) -> None:
+    """Run every case of the spec in this process (one rank); write out_dir/rank<r>.json."""
+    import baselines
+    from harness.train import train
+
+    smt_cls = baselines.get_method("smt")
+    real_apply, seen = smt_cls.apply, {}
+
+    def apply(self, model, out_dir=None):
+        info = real_apply(self, model, out_dir)
+        seen["plan"] = json.loads(json.dumps({k: v for k, v in self.plan.blocks.items() if v}))
+        return info
+
+    smt_cls.apply = apply
+    torch.set_num_threads(1)
+    rank = int(os.environ.get("RANK", 0))
+    for case in json.loads(pathlib.Path(spec_path).read_text()):
+        os.environ["ACCELERATE_MIXED_PRECISION"] = case.get("mixed_precision", "no")
+        seen.clear()
+        out = pathlib.Path(case["out_dir"])
+        rec = train(case["run_cfg"], out)
+        from accelerate import PartialState
+        info = rec["train_info"]
+        (out / f"rank{rank}.json").write_text(json.dumps({
+            "loss_curve": info["loss_curve"], "plan": seen.get("plan"), "num_processes": info["num_processes"],
+            "engine": info.get("engine"), "world": PartialState().num_processes}))
+
+
+def _launch(cmd, spec, tmp, extra_env):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "DS_ACCELERATOR": "cpu", **extra_env}
+    env.pop("ACCELERATE_USE_DEEPSPEED", None)
+    path = tmp / "spec.json"
+    path.write_text(json.dumps(spec))
+    res = subprocess.run(cmd + [str(ROOT / "tests" / "test_multiprocess.py"), "--worker", str(path)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-6000:]}"
+    return res
+
+
+# ------------------------------------------------------------------------------------------ tests
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    from harness.models import prepare_model
+    root = tmp_path_factory.mktemp("mp")
+    prepare_model({"source": "tiny", "seed": 0}, root / "model")
+    records = [{"instruction": f"Is {a} plus {b} even? Answer format: true/false", "input": "",
+                "output": f"the correct answer is {str((a + b) % 2 == 0).lower()}", "answer": ""}
+               for a, b in [(1, 2), (2, 2), (3, 5), (4, 1), (6, 6), (7, 2), (8, 1), (9, 9)]]
+    (root / "train.json").write_text(json.dumps(records))
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(env):
+    """Every method in one process: grad_accum 4 x micro-batch 2."""
+    import smt
+    from harness.train import train
+
+    out = {}
+    torch.set_num_threads(1)
+    for name in _methods():
+        d = env / "ref" / name
+        rec = train(make_cfg(env, name, accum=4), d)
+        plan = None
+        if name == "smt":
+            blocks = smt.SelectionPlan.from_json(d / "plan.json").blocks
+            plan = json.loads(json.dumps({k: v for k, v in blocks.items() if v}))
+        out[name] = {"loss_curve": rec["train_info"]["loss_curve"], "plan": plan, "dir": d}
+    return out
+
+
+def _run_two(env, engine):
+    """All methods under 2 processes x grad_accum 2 with the given launcher; {name: [rank0, rank1]}."""
+    from harness import launch
+    tmp = env / engine
+    tmp.mkdir(exist_ok=True)
+    cases = [{"run_cfg": make_cfg(env, n, accum=2), "out_dir": str(tmp / n)} for n in _methods()]
+    if engine == "deepspeed":
+        for n in ("smt", "lora"):
+            cases.append({"run_cfg": make_cfg(env, n, accum=2), "out_dir": str(tmp / f"{n}_bf16"),
+                          "mixed_precision": "bf16"})
+    prefix = launch.launch_prefix({"launcher": engine, "num_processes": 2, "main_process_port": 29517})
+    cmd = prefix.split()
+    cmd = [sys.executable, "-m", "torch.distributed.run"] + cmd[cmd.index("torchrun") + 1:] \
+        if engine == "ddp" else [sys.executable, "-m", "accelerate.commands.launch"] + cmd[2:]
+    _launch(cmd, cases, tmp, {})
+    out = {}
+    for c in cases:
+        d = pathlib.Path(c["out_dir"])
+        out[d.name] = [json.loads((d / f"rank{r}.json").read_text()) for r in (0, 1)] + [d]
+    return out
+
+
+@pytest.fixture(scope="module")
+def ddp(env):
+    return _run_two(env, "ddp")
+
+
+@pytest.fixture(scope="module")
+def deepspeed_runs(env):
+    return _run_two(env, "deepspeed")
+
+
+def _logits(env, name, delta_dir):
+    import baselines
+    from harness.models import load_model
+    from harness.prompts import tokenize_example
+    from harness.train import collate
+    model, tok = load_model(env / "model", "float32", "cpu")
+    method = baselines.get_method(name)(make_cfg(env, name, accum=1))
+    model = method.merge(method.load(model, delta_dir / "delta"))
+    model.eval()
+    recs = json.loads((env / "train.json").read_text())[:3]
+    batch = collate(tok.pad_token_id)([tokenize_example(tok, r, 320, False, True) for r in recs])
+    with torch.no_grad():
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+def _compare(env, name, ref, two, measured):
+    r0, r1, d = two
+    assert r0["world"] == 2 and r1["world"] == 2, "the worker did not run in 2 processes"
+    assert r0["loss_curve"] == r1["loss_curve"], f"{name}: ranks log different loss curves"
+    a = [p["loss"] for p in ref["loss_curve"]]
+    b = [p["loss"] for p in r0["loss_curve"]]
+    assert len(a) == len(b) == STEPS
+    diff = max(abs(x - y) for x, y in zip(a, b))
+    logit_diff = (_logits(env, name, ref["dir"]) - _logits(env, name, d)).abs().max().item()
+    measured[name] = {"final_loss_1proc": a[-1], "final_loss_2proc": b[-1], "max_loss_diff": diff,
+                      "max_logit_diff": logit_diff}
+    assert diff <= LOSS_TOL, f"{name}: 2 processes {b} vs 1 process {a} (max diff {diff:.2e} > {LOSS_TOL})"
+    assert logit_diff <= LOGIT_TOL, f"{name}: reloaded deltas give logits {logit_diff:.2e} apart"
+    if name == "smt":
+        assert r0["plan"] == r1["plan"], "SMT: the ranks selected different blocks"
+        assert r0["plan"] == ref["plan"], \
+            "SMT: 2 processes selected other blocks than 1 process"
+        measured[name]["plan_identical"] = True
+
+
+@pytest.mark.parametrize("name", _methods())
+def test_ddp_two_processes_match_one(env, reference, ddp, name, record_property):
+    measured = {}
+    _compare(env, name, reference[name], ddp[name], measured)
+    record_property("ddp", measured[name])
+    print("ddp", name, json.dumps(measured[name]))
+
+
+@pytest.mark.parametrize("name", _methods())
+def test_deepspeed_zero2_two_processes_match_one(env, reference, deepspeed_runs, name, record_property):
+    measured = {}
+    _compare(env, name, reference[name], deepspeed_runs[name], measured)
+    print("deepspeed", name, json.dumps(measured[name]))
+
+
+@pytest.mark.parametrize("name", ["smt", "lora"])
+def test_deepspeed_bf16_runs_and_ranks_agree(reference, deepspeed_runs, name):
+    r0, r1, d = deepspeed_runs[f"{name}_bf16"]
+    assert r0["loss_curve"] == r1["loss_curve"] and r0["plan"] == r1["plan"]
+    a = [p["loss"] for p in reference[name]["loss_curve"]]
+    b = [p["loss"] for p in r0["loss_curve"]]
+    assert all(abs(x - y) <= BF16_LOSS_TOL for x, y in zip(a, b)), (a, b)
+    assert a != b, "the bf16 run gave the fp32 losses exactly: bf16 was not used"
+    assert r0["engine"]["engine"] == "deepspeed" and r0["engine"]["bf16"] is True
+
+
+def test_scorer_hooks_match_grad_sums_bit_for_bit_with_accumulation():
+    """Hooks (what ZeRO-2 needs) give exactly the sums of .grad after each step (fp32)."""
+    import smt
+    torch.manual_seed(0)
+    lin = torch.nn.ModuleDict({"q_proj": torch.nn.Linear(32, 32, bias=False)})
+    cfg = smt.SMTConfig(block_size=8, budget=3, target_modules=["q_proj"], warmup_mode="grad_only")
+    scorer = smt.GradientScorer(lin, cfg)
+    ref = torch.zeros(32, 32)
+    for _ in range(3):
+        for _ in range(2):        # two micro-batches accumulate in .grad
+            (lin["q_proj"](torch.randn(4, 32)).pow(2).mean() / 2).backward()
+        ref += lin["q_proj"].weight.grad
+        scorer.accumulate()
+        lin.zero_grad(set_to_none=True)
+    assert torch.equal(scorer._acc["q_proj"], ref)
+
+
+def test_scorer_reads_no_grad_under_zero2_style_backward():
+    """A backward whose .grad is taken away at once (ZeRO-2) is still scored."""
+    import smt
+    torch.manual_seed(0)
+    lin = torch.nn.ModuleDict({"q_proj": torch.nn.Linear(16, 16, bias=False)})
+    w = lin["q_proj"].weight
+    w.register_post_accumulate_grad_hook(lambda p: setattr(p, "grad", None))   # what ZeRO-2 does
+    scorer = smt.GradientScorer(lin, smt.SMTConfig(block_size=8, budget=1, target_modules=["q_proj"]))
+    x = torch.randn(4, 16)
+    lin["q_proj"](x).sum().backward()
+    assert w.grad is None
+    scorer.accumulate()
+    torch.testing.assert_close(scorer._acc["q_proj"], torch.ones(16, 1) @ x.sum(0, keepdim=True))
+
+
+def test_launch_commands_and_settings():
+    from harness import launch
+    assert launch.launch_prefix({}) == "python"
+    assert launch.launch_prefix({"launcher": "ddp", "num_processes": 2}).endswith(
+        "torchrun --standalone --nnodes 1 --nproc_per_node 2")
+    ds = launch.launch_prefix({"launcher": "deepspeed", "gpus": 4})
+    assert "--use_deepspeed --zero_stage 2 --mixed_precision bf16" in ds and "--num_processes 4" in ds
+    with pytest.raises(ValueError, match="execution.launcher 'mpi'"):
+        launch.launcher_settings({"launcher": "mpi"})
+    with pytest.raises(ValueError, match="launcher is 'python'"):
+        launch.launcher_settings({"launcher": "python", "num_processes": 2})
+    cfg = make_cfg(pathlib.Path("/nowhere"), "full_ft", accum=3)
+    full = launch.deepspeed_config(cfg, "train", world_size=4)
+    assert "offload_optimizer" in full["zero_optimization"]
+    assert full["train_batch_size"] == 2 * 3 * 4 and full["gradient_accumulation_steps"] == 3
+    smt_cfg = make_cfg(pathlib.Path("/nowhere"), "smt", accum=1)
+    assert "offload_optimizer" in launch.deepspeed_config(smt_cfg, "warmup")["zero_optimization"]
+    assert "offload_optimizer" not in launch.deepspeed_config(smt_cfg, "train")["zero_optimization"]
+    assert "offload_optimizer" not in launch.deepspeed_config(smt_cfg, "warmup",
+                                                              warmup_mode="grad_only")["zero_optimization"]
+    assert not any(v == "auto" for v in json.dumps(full).split('"'))
+
+
+if __name__ == "__main__" and "--worker" in sys.argv:
+    sys.path.insert(0, str(ROOT))
+    worker(sys.argv[sys.argv.index("--worker") + 1])
