@@ -329,15 +329,19 @@ def models_of(config: dict, target: str) -> list[str]:
 
 
 # target name -> function(config, experiment) -> run ids. A new table or figure is one entry
-# under `experiments:` (schema) plus one function registered here with @target.
+# under `experiments:` (schema) plus one function registered here with @target (and one builder
+# in harness/report.py). A figure drawn from another target's runs names that `source` instead.
 EXPANDERS: dict = {}
+SOURCES: dict = {}  # target -> the experiments entry it reads (default: its own)
 
 
-def target(*names):
-    """Register a function listing the run ids of the named targets."""
+def target(*names, source=None):
+    """Register a function listing the run ids of the named targets (of experiments.<source> if given)."""
     def deco(fn):
         for name in names:
             EXPANDERS[name] = fn
+            if source:
+                SOURCES[name] = source
         return fn
     return deco
 
@@ -347,6 +351,7 @@ def _profiles_only(config, exp):
     return []  # Table 1 profiles methods (expand_profiles); it trains no run
 
 
+@target("figure_val_loss", source="table3")
 @target("table3", "figure3")
 def _sweep(config, exp, models=None):
     sweep = config["experiments"]["table3"]
@@ -358,6 +363,7 @@ def _sweep(config, exp, models=None):
     return runs
 
 
+@target("figure_pareto", source="table2")
 @target("table2")
 def _table2(config, exp):
     sweep, runs = config["experiments"]["table3"], []
@@ -372,6 +378,8 @@ def _table2(config, exp):
     return runs
 
 
+@target("figure_table4", source="table4")
+@target("figure_table6", source="table6")
 @target("table4", "table6")
 def _placements(config, exp):
     return [r for place in exp["placements"]
@@ -406,13 +414,13 @@ def _from_table(config, exp):
     return EXPANDERS[source](config, config["experiments"][source])
 
 
-TARGETS = tuple(EXPANDERS)
-TABLES = tuple(t for t in TARGETS if t.startswith("table"))
-FIGURES = tuple(t for t in TARGETS if t.startswith("figure"))
+TABLES = tuple(sorted(t for t in EXPANDERS if t.startswith("table")))
+FIGURES = tuple(sorted(t for t in EXPANDERS if not t.startswith("table")))
+TARGETS = TABLES + FIGURES
 
 
 def _target_runs(config: dict, target: str) -> list[str]:
-    return EXPANDERS[target](config, config["experiments"][target])
+    return EXPANDERS[target](config, config["experiments"][SOURCES.get(target, target)])
 
 
 def expand_runs(config: dict, target: str) -> list[str]:

@@ -162,12 +162,15 @@ def test_targets_are_a_registry_with_table7_and_figure7(raw):
     assert {"table7", "figure7"} <= set(hc.TARGETS)
     assert set(hc.TARGETS) == set(hc.EXPANDERS)
     schema = yaml.safe_load(hc.SCHEMA_PATH.read_text())
-    assert set(schema["properties"]["experiments"]["required"]) == set(hc.TARGETS)
+    assert set(schema["properties"]["experiments"]["required"]) == set(hc.TARGETS) - set(hc.SOURCES)
+    assert {"figure_table4", "figure_table6", "figure_val_loss", "figure_pareto"} <= set(hc.SOURCES)
     cfg = hc.load_config(raw)
     t7 = hc.expand_runs(cfg, "table7")
     assert t7 == hc.expand_runs(cfg, "figure7") == [
         f"tiny/commonsense/{m}/b2.00/qkv/s0" for m in cfg["experiments"]["table7"]["methods"]]
     assert set(t7) <= set(hc.expand_runs(cfg, "all"))
+    assert hc.expand_runs(cfg, "figure_pareto") == hc.expand_runs(cfg, "table2")
+    assert hc.expand_runs(cfg, "figure_table4") == hc.expand_runs(cfg, "table4")
 
 
 def test_table2_extra_rows(raw):
