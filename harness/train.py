@@ -221,7 +221,8 @@ def make_optimizer(model, run_cfg: dict, total_steps: int, offset: int, lr: floa
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise RuntimeError(f"method {run_cfg['method']['name']!r} left no parameter trainable")
-    opt = torch.optim.AdamW(params, lr=lr or run_cfg["method"]["lr"], weight_decay=t.get("weight_decay", 0.0))
+    opt = torch.optim.AdamW(params, lr=lr or run_cfg["method"]["lr"], weight_decay=t.get("weight_decay", 0.0),
+                            betas=tuple(t.get("adam_betas", (0.9, 0.999))))  # train.adam_betas (schema default)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lr_lambda(total_steps, t.get("warmup_steps", 0), t.get("lr_scheduler", "linear"), offset))
     return opt, sched

@@ -159,3 +159,15 @@ def test_authors_recipe_scoring_is_the_authors_attention_call(authors, paper):
     which is our 'abs_mean'; the paper (App. B) ranks by mean |G|, our 'mean_abs'."""
     assert method(authors, R7.format("smt", "qkv"))["scoring"] == "abs_mean"
     assert method(paper, R7.format("smt", "qkv"))["scoring"] == "mean_abs"
+
+
+def test_the_optimizer_uses_train_adam_betas(authors):
+    """The record says adam_betas; the optimizer must use them (authors: (0.9, 0.95))."""
+    from harness.train import make_optimizer
+
+    model = torch.nn.Linear(4, 4)
+    run = hc.resolve_run(authors, R7.format("smt", "qkv"))
+    opt, _ = make_optimizer(model, run, total_steps=10, offset=0)
+    assert opt.param_groups[0]["betas"] == (0.9, 0.95)
+    run["train"]["adam_betas"] = [0.8, 0.99]
+    assert make_optimizer(model, run, 10, 0)[0].param_groups[0]["betas"] == (0.8, 0.99)
