@@ -32,3 +32,10 @@ def data_root(monkeypatch) -> pathlib.Path:
                     "of the mirror to run this test")
     monkeypatch.delenv("SMT_DATA_ROOT", raising=False)
     return root.resolve()
+
+
+# For module-level use (`from conftest import MIRROR, needs_mirror`): the same resolution.
+MIRROR, MIRROR_SOURCE = find_data_root()
+needs_mirror = pytest.mark.skipif(
+    not (MIRROR / "llm-adapters").is_dir(),
+    reason=f"offline data mirror not found at {MIRROR} ({MIRROR_SOURCE}); set SMT_DATA_ROOT to a copy of the mirror")

@@ -1,16 +1,12 @@
 """evaluate_model through lm-eval on a tiny random LLaMA: batch-size invariance, outputs, errors."""
 import json
-import os
-import pathlib
 
 import pytest
 import torch
+from conftest import MIRROR, needs_mirror  # SMT_DATA_ROOT, else ../shared/data; skip with the reason
 
 from harness.evaluate import evaluate_model, evaluate_run, is_correct
 
-MIRROR = pathlib.Path(os.environ.get("SMT_DATA_ROOT", pathlib.Path(__file__).resolve().parents[1] / "../shared/data"))
-needs_mirror = pytest.mark.skipif(not (MIRROR / "llm-adapters").is_dir(),
-                                  reason=f"offline data mirror not found at {MIRROR} (set SMT_DATA_ROOT)")
 TASKS = ["boolq", "gsm8k"]
 
 
