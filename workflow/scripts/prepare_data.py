@@ -17,7 +17,8 @@ suite = cfg["datasets"][dataset]["suite"]
 meta = prepare_train_set(dict(snakemake.params.spec), resolve_data_root(cfg["data_root"]), snakemake.output[0],
                          eval_limit=cfg["eval"][suite].get("limit"))
 read = {s["relpath"]: s["sha256"] for s in meta["sources"] + meta["carved"]}
-planned = {k: v for k, v in dict(snakemake.params.sources_sha256).items() if not v.startswith("upstream:")}
+planned = {k: v for k, v in dict(snakemake.params.sources_sha256).items()
+           if k != "unavailable" and not v.startswith("upstream:")}
 if any(read.get(k) != v for k, v in planned.items()):
     raise RuntimeError(f"the data files changed while the workflow ran: read {read}, the DAG planned with "
                        f"{planned}; rerun snakemake")
