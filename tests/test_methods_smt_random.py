@@ -76,3 +76,29 @@ def test_smt_method_random_selection_has_no_warmup_and_uses_the_run_seed(tmp_pat
     m1.apply(tiny_model())
     assert m1.plan.blocks != m0.plan.blocks
     assert not (tmp_path / "warmup_weights.pt").exists()
+
+
+def test_random_variant_runs_through_the_config_and_the_training_loop(tmp_path):
+    """config/test.yaml's smt_random entry, resolved like a Snakemake job, trains in the real loop."""
+    import json
+
+    from harness import config as hc
+    from harness.models import prepare_model
+    from harness.train import train
+
+    prepare_model({"source": "tiny", "seed": 0}, tmp_path / "model")
+    records = [{"instruction": f"Is {a} even? Answer format: true/false", "input": "",
+                "output": f"the correct answer is {str(a % 2 == 0).lower()}", "answer": ""} for a in range(8)]
+    (tmp_path / "train.json").write_text(json.dumps(records))
+    cfg = hc.load_config(hc.REPO_ROOT / "config/test.yaml")
+    run = hc.resolve_run(cfg, "tiny/commonsense/smt_random/b2.00/qkv/s0")
+    assert run["method"]["name"] == "smt" and run["method"]["selection"] == "random"
+    run["model"].update(path=str(tmp_path / "model"), device="cpu")
+    run["dataset"]["path"] = str(tmp_path / "train.json")
+    run["train"].update(max_steps=3, checkpoint_every=None)
+    rec = train(run, tmp_path / "out")
+    assert rec["run_info"]["status"] == "ok", rec["run_info"].get("error")
+    plan = json.loads((tmp_path / "out" / "plan.json").read_text())
+    assert plan["meta"]["selection"] == "random" and plan["meta"]["seed"] == 0
+    assert rec["train_info"]["steps"] == 3 and not any(p.get("phase") == "warmup" for p in rec["train_info"]["loss_curve"])
+    assert abs(rec["run_info"]["budget_reached"] - 0.02) < 0.02 * 0.35
