@@ -571,6 +571,16 @@ def source_checksums(spec: dict, data_root, cache=None) -> dict:
     return {rel: _content_checksum(rel, data_root, cache) for rel in spec_files(spec, data_root)}
 
 
+def dag_source_checksums(spec: dict, configured_root, cache=None) -> dict:
+    """`source_checksums` with the data root resolved now (SMT_DATA_ROOT, then `configured_root`),
+    for the prepare_data params. Without the data here (e.g. a dry run of a clone with no mirror)
+    the DAG still builds: {"unavailable": <the error>}, and the job fails with that error."""
+    try:
+        return source_checksums(spec, resolve_data_root(configured_root), cache)
+    except (OSError, ValueError) as err:
+        return {"unavailable": str(err).splitlines()[0]}
+
+
 def test_set_checksums(tasks, data_root, cache=None) -> dict:
     """{task: sha256} of the test-set file each task is evaluated on (for the evaluate params)."""
     out = {}

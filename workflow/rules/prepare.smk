@@ -8,27 +8,11 @@ from harness import models as hm
 
 CHECKSUM_CACHE = f"{RES}/.checksum_cache.json"
 
-
-def data_root_now():
-    """The data root as resolved now (SMT_DATA_ROOT, then the config's data_root; None: download)."""
-    return hd.resolve_data_root(CFG["data_root"])
-
-
-def train_sources_sha256(w):
-    """{relpath: sha256} of the files the training set `w.dataset` is built from.
-
-    Without the data here (e.g. a dry run of a clone with no mirror) the DAG still builds:
-    {"unavailable": <the error>}, and the job itself fails with that clear error."""
-    try:
-        return hd.source_checksums(hc.dataset_spec(CFG, w.dataset), data_root_now(), CHECKSUM_CACHE)
-    except (OSError, ValueError) as err:
-        return {"unavailable": str(err).splitlines()[0]}
-
-
-def test_sets_sha256(suite):
-    """{task: sha256} of the test sets of an evaluation suite (for the evaluate rule's params)."""
-    return hd.test_set_checksums(CFG["eval"][suite]["tasks"], data_root_now(), CHECKSUM_CACHE)
-
+# {task: sha256} of the test sets of an evaluation suite (for the evaluate rule's params); the
+# data root as resolved now (SMT_DATA_ROOT, then the config's data_root; None: download).
+test_sets_sha256 = lambda suite: hd.test_set_checksums(
+    CFG["eval"][suite]["tasks"], hd.resolve_data_root(CFG["data_root"]), CHECKSUM_CACHE
+)
 
 # A carve (training records cut from test sets) must not touch the records evaluation reads:
 # checked for every dataset before any job runs.
@@ -61,7 +45,9 @@ rule prepare_data:
         f"{LOGS}/prepare_data/{{dataset}}.log",
     params:
         spec=lambda w: hc.dataset_spec(CFG, w.dataset),
-        sources_sha256=train_sources_sha256,
+        sources_sha256=lambda w: hd.dag_source_checksums(
+            hc.dataset_spec(CFG, w.dataset), CFG["data_root"], CHECKSUM_CACHE
+        ),
     threads: 1
     resources:
         mem_mb=mem("prepare"),
