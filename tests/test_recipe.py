@@ -108,6 +108,9 @@ def test_paper_rows_are_planned(paper, authors):
     lrs = {method(paper, f"llama-7b/math/{m}/b0.86/qkv/s0")["lr"]
            for m in paper["experiments"]["table5"]["methods"] if m.startswith("smt")}
     assert lrs == {9.65e-6, 1e-4, 2e-4, 3e-4}
+    grid = [method(authors, f"llama-7b/math/{m}/b0.86/qkv/s0")["lr"]
+            for m in authors["experiments"]["table5"]["methods"] if m.startswith("smt")]
+    assert sorted(grid) == [9.65e-6, 1e-4, 2e-4, 3e-4]  # the same grid, no run twice
 
 
 # --- the authors' selection, ported from deepspeed/smt/smt_helper.py (select_submatrix_based_on_grads,
