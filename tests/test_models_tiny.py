@@ -40,3 +40,37 @@ def test_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="unknown dtype"):
         resolve_dtype("float33", torch.device("cpu"))
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+
+
+def test_corrupt_marker_names_the_file(tmp_path):
+    spec = {"source": "tiny", "config": {"hidden_size": 32, "intermediate_size": 64}, "seed": 3}
+    prepare_model(spec, tmp_path / "m")
+    marker = tmp_path / "m" / "prepared.json"
+    marker.write_text(marker.read_text()[:30])
+    with pytest.raises(ValueError) as err:
+        prepare_model(spec, tmp_path / "m")
+    assert str(marker) in str(err.value) and "not valid JSON" in str(err.value)
+
+
+def test_a_path_source_is_identified_by_content_not_location(tmp_path):
+    import shutil
+
+    from harness.models import content_spec, source_checksum
+
+    spec = {"source": "tiny", "config": {"hidden_size": 32, "intermediate_size": 64}, "seed": 3}
+    prepare_model(spec, tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "elsewhere" / "b")
+    here, there = {"source": "path", "path": str(tmp_path / "a")}, {"source": "path", "path": str(tmp_path / "elsewhere/b")}
+    assert content_spec(here) == content_spec(there) == {"source": "path"}
+    cache = tmp_path / "cache.json"
+    assert source_checksum(here, cache) == source_checksum(there, cache)
+    assert "model.safetensors" in source_checksum(here, cache)
+    # a moved source with the same content is not re-prepared (the marker is reused)
+    info = prepare_model(here, tmp_path / "p")
+    assert prepare_model(there, tmp_path / "p") == info
+    weights = tmp_path / "elsewhere/b/model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\1")
+    assert source_checksum(there, cache) != source_checksum(here, cache)
+    assert source_checksum({"source": "path", "path": str(tmp_path / "none")})["missing"]
+    assert source_checksum(spec) is None
+    assert prepare_model(there, tmp_path / "p")["source_sha256"] != info["source_sha256"]  # new content: redone
