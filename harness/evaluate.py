@@ -133,12 +133,6 @@ def task_summary(task: str, rows: list[dict]) -> dict:
             "degenerate": preds[top] / n >= DEGENERATE_SHARE}
 
 
-def test_set_checksums(tasks, data_root) -> dict:
-    """{task: sha256 of its test file} (content, not location: a job parameter that reruns
-    evaluation exactly when a test file's content changes)."""
-    return {task: locate_test_set(task, data_root)["sha256"] for task in tasks}
-
-
 class BeamSafeHFLM(HFLM):
     """lm-eval's HFLM, except that beam search ignores lm-eval's stop-sequence criteria.
 

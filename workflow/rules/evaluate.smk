@@ -11,15 +11,11 @@ import functools
 
 @functools.lru_cache(maxsize=None)
 def _eval_params(suite):
-    """eval_cfg of a suite without data_root, plus the sha256 of each of its test files."""
-    from harness import data as hd
-
+    """eval_cfg of a suite without data_root, plus the sha256 of each of its test files
+    (`test_sets_sha256` of prepare.smk: content, cached by path, size and mtime)."""
     cfg = {k: v for k, v in hc.eval_cfg(CFG, suite).items() if k != "data_root"}
-    checksums = getattr(hd, "test_set_checksums", None)
-    if checksums is None:  # older harness.data: the evaluation module's own helper
-        from harness.evaluate import test_set_checksums as checksums
     try:
-        sums = checksums(cfg["tasks"], hc.data_root(CFG))
+        sums = test_sets_sha256(suite)
     except (OSError, ValueError) as err:  # no data here (e.g. a dry run elsewhere): the job will say
         sums = {"unavailable": str(err).splitlines()[0]}
     return {"eval_cfg": cfg, "test_sha256": sums}

@@ -1,4 +1,4 @@
-"""Snakemake script: one table or figure from run records (harness.report)."""
+"""Snakemake script: one table or figure from run records and their evaluations (harness.report)."""
 from _job import start
 
 start(snakemake.threads, snakemake.log[0])
@@ -6,5 +6,5 @@ start(snakemake.threads, snakemake.log[0])
 from harness import report
 
 name, params = snakemake.params.target, snakemake.params
-make = report.make_table if name.startswith("table") else report.make_figure
+make = report.make_figure if name in report.FIGURES else report.make_table
 make(name, dict(params.config), list(params.records), params.out_prefix)
