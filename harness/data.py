@@ -101,12 +101,8 @@ FILES: dict[str, tuple[str | None, str | None]] = {
     "hellaswag/validation.jsonl": (None, "5beba6d84769892c7ee13859caee702a34c5b1178c11add46f08c84bb1fa9d01"),
 }
 
-COMMONSENSE_TASKS = ["boolq", "piqa", "social_i_qa", "hellaswag", "winogrande", "ARC-Easy",
-                     "ARC-Challenge", "openbookqa"]
-MATH_TASKS = ["gsm8k", "SVAMP", "AddSub", "MultiArith", "SingleEq", "AQuA", "mawps"]
-# the paper's suites (Tables 2 and 5); mawps is loadable but not part of Table 5
-SUITES = {"commonsense": COMMONSENSE_TASKS,
-          "math": ["gsm8k", "SingleEq", "SVAMP", "MultiArith", "AddSub", "AQuA"]}
+# the test tasks and the paper's suites (Tables 2 and 5) are defined once, in harness.tasks
+from harness.tasks import COMMONSENSE_TASKS, MATH_TASKS, SUITES  # noqa: E402
 # test-set files per task, in order of preference; the first one present (mirror) or
 # downloadable (no mirror) is used
 _TEST_FILES = {t: [f"llm-adapters/dataset/{t}/test.json"] for t in COMMONSENSE_TASKS + MATH_TASKS}
