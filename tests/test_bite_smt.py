@@ -116,23 +116,31 @@ def test_fraction_budgets_outside_0_1_are_refused(budget):
 
 
 def test_merged_and_reloaded_models_carry_the_trained_blocks(tmp_path):
+    """Blocks changed after the last forward: merging, saving and loading must still carry them
+    (the frozen weight is only a cache of the blocks)."""
     torch.manual_seed(0)
     model = Tied()
+    dense = {k: v.clone() for k, v in model.state_dict().items()}
+    dense["layers.1.q_proj.weight"][16:24, 8:16] += 1.0  # block (2, 1) of 8x8, +1 everywhere
+    reference = Tied()
+    reference.load_state_dict(dense)
+    ids = torch.arange(10).reshape(2, 5)
+    with torch.no_grad():
+        want = reference(ids)
     shapes = {f"layers.{i}.q_proj": (32, 32) for i in range(2)}
     plan = smt.SelectionPlan(8, shapes, {"layers.1.q_proj": [(2, 1)]}, smt.count_parameters(model))
     smt.apply_smt(model, plan)
     assert [n for n, p in model.named_parameters() if p.requires_grad] == ["layers.1.q_proj.blocks"]
     with torch.no_grad():
-        model.layers[1]["q_proj"].blocks.add_(1.0)
-    ids = torch.arange(10).reshape(2, 5)
-    with torch.no_grad():
-        want = model(ids)
+        model.layers[1]["q_proj"].blocks.add_(1.0)  # no forward after this
     smt.save_smt(model, tmp_path)
     torch.manual_seed(0)
-    base = Tied()
-    reloaded = smt.load_smt(base, tmp_path)
+    reloaded = smt.load_smt(Tied(), tmp_path)
+    # right after loading, the state dict already holds the trained weight
+    torch.testing.assert_close(reloaded.state_dict()["layers.1.q_proj.weight"], dense["layers.1.q_proj.weight"])
     with torch.no_grad():
         torch.testing.assert_close(reloaded(ids), want)
     merged = smt.merge_smt(model)
+    torch.testing.assert_close(merged.state_dict()["layers.1.q_proj.weight"], dense["layers.1.q_proj.weight"])
     with torch.no_grad():
         torch.testing.assert_close(merged(ids), want)

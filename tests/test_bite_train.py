@@ -265,3 +265,24 @@ def test_record_counts_what_ran(env, tmp_path):
 
 def pathlib_name(path: str) -> str:
     return path.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def test_record_fields_match_what_ran(env, tmp_path):
+    import hashlib
+    import subprocess
+
+    from harness import records
+
+    run_cfg = cfg(env, "lora", steps=2)
+    run_cfg["deviations"] = ["bite: a deliberate deviation"]
+    rec = train(run_cfg, tmp_path)
+    assert "bite: a deliberate deviation" in rec["run_info"]["deviations"]
+    assert rec["run_info"]["status"] == "ok" and rec["run_info"]["config"]["method"]["lr"] == 0.01
+    sha = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    meta = rec["meta_info"]
+    assert meta["data_checksums"]["train_sha256"] == sha(env / "varied.json")
+    assert meta["model_checksums"]["files_sha256"]["model.safetensors"] == sha(env / "model" / "model.safetensors")
+    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=records.REPO_ROOT, capture_output=True, text=True)
+    assert meta["git_sha"] == (git.stdout.strip() if git.returncode == 0 else None)
+    on_disk = json.loads((tmp_path / "record.json").read_text())
+    assert on_disk["train_info"]["loss_curve"] == rec["train_info"]["loss_curve"]
