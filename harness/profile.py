@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import statistics
 import time
 
@@ -34,6 +35,8 @@ from harness.models import load_model, resolve_device
 from harness.records import atomic_write_json, meta_info
 from harness.loss import loss_route
 from harness.train import TrainStep, build_accelerator, collate, has_answer, load_examples, make_optimizer, set_seed
+
+log = logging.getLogger(__name__)
 
 FLOOR = "floor"
 FLOOR_LABEL = "Frozen floor"
@@ -343,6 +346,8 @@ def profile_table1(run_cfgs: dict, table1: dict, out_path, threads: int | None =
     for name, cfg in cfgs.items():
         set_seed(int(cfg.get("seed", 0)))
         arms[name] = _method_arm(cfg, acc, device, batches, n_rounds)
+        log.info("arm %s ready (%s trainable params, warm-up %s s)", name, arms[name].info.get("trainable_params"),
+                 arms[name].warmup_seconds)
     names, schedule = list(arms), []
     for rnd in range(n_rounds):
         batch = {k: v.to(device) for k, v in batches[rnd].items()}
@@ -371,6 +376,8 @@ def profile_table1(run_cfgs: dict, table1: dict, out_path, threads: int | None =
                 arm.tokens.append(int(batch["attention_mask"].sum()))
                 arm.positions.append(int(batch["attention_mask"].numel()))
                 arm.losses.append(float(loss))
+        log.info("round %d/%d (%s): %s", rnd + 1, n_rounds, "timed" if timed else "untimed",
+                 ", ".join(f"{n} {arms[n].times[-1]:.3f}s" for n in names if timed and arms[n].times))
     result = {"format": FORMAT, "model": first["model"].get("name"), "model_path": str(first["model"]["path"]),
               "dataset": first["dataset"].get("name"), "budget_asked": first.get("budget"),
               "device": str(device), "dtype": str(next(arms[FLOOR].model.parameters()).dtype).replace("torch.", ""),
