@@ -35,7 +35,10 @@ class SelectionPlan:
                  meta: Optional[dict] = None):
         self.block_size = int(block_size)
         self.shapes = {k: (int(v[0]), int(v[1])) for k, v in shapes.items()}
-        self.blocks = {k: sorted((int(r), int(c)) for r, c in blocks.get(k, [])) for k in self.shapes}
+        from .layer import block_coordinate  # (0.5, 0) is an error naming the block, never (0, 0)
+
+        self.blocks = {k: sorted((block_coordinate(r, (r, c)), block_coordinate(c, (r, c)))
+                                 for r, c in blocks.get(k, [])) for k in self.shapes}
         unknown = sorted(set(blocks) - set(self.shapes))
         if unknown:
             raise ValueError(f"SelectionPlan: blocks given for modules without a shape: {unknown}")

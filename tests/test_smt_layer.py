@@ -221,3 +221,12 @@ def test_integer_like_coordinates_are_accepted():
 
     sl = smt.SparseLinear.from_linear(nn.Linear(64, 32), 16, [(np.int64(1), 3), (torch.tensor(0), np.int32(2))])
     assert sl.block_indices == [(1, 3), (0, 2)] and all(type(v) is int for b in sl.block_indices for v in b)
+
+
+def test_a_plan_with_non_integer_blocks_is_refused_naming_the_block():
+    with pytest.raises(ValueError, match=r"block \(0\.5, 0\).*not an integer"):
+        smt.SelectionPlan(16, {"q": (32, 64)}, {"q": [(0.5, 0)]}, 10_000)
+    d = smt.SelectionPlan(16, {"q": (32, 64)}, {"q": [(1, 3)]}, 10_000).to_dict()
+    d["modules"]["q"]["blocks"] = [[1.0, 3]]
+    with pytest.raises(ValueError, match=r"block \(1\.0, 3\)"):
+        smt.SelectionPlan.from_dict(d)
