@@ -27,8 +27,6 @@ import os
 import pathlib
 import shlex
 
-import torch
-
 DEEPSPEED_DIR = pathlib.Path(__file__).resolve().parent / "deepspeed"
 LAUNCHERS = ("python", "ddp", "deepspeed", "accelerate")
 ENGINES = ("single", "ddp", "deepspeed")
@@ -143,6 +141,7 @@ def deepspeed_config(run_cfg: dict, phase: str = "train", world_size: int = 1, w
     z = cfg["zero_optimization"]
     if z.get("reduce_bucket_size") == "auto":
         z["reduce_bucket_size"] = 5e8
+    import torch
     if not torch.cuda.is_available():
         cfg["zero_force_ds_cpu_optimizer"] = False
         z.get("offload_optimizer", {}).pop("pin_memory", None)
@@ -158,6 +157,7 @@ def build_accelerator(run_cfg: dict, method=None, settings: dict | None = None):
     built from :func:`deepspeed_config`; call :func:`select_phase` before preparing each
     phase's model. On a CPU-only host the process group is gloo (``DS_ACCELERATOR=cpu``).
     """
+    import torch
     from accelerate import Accelerator, PartialState
 
     settings = dict(settings or launcher_settings(run_cfg.get("execution") or {}))
@@ -232,6 +232,7 @@ def finish(acc, prepared):
     """The trained plain model, ready to save: DeepSpeed's engine is released and every parameter
     gets its own storage again (ZeRO-2 leaves them as views into one flat buffer, which
     safetensors refuses to save). Tied parameters stay tied (one Parameter, cloned once)."""
+    import torch
     model = acc.unwrap_model(prepared)
     if is_deepspeed(acc):
         acc.free_memory()

@@ -24,15 +24,17 @@ import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LOSS_TOL = 2e-4      # absolute, per logged step (fp32; reduction order differs across processes)
-LOGIT_TOL = 2e-3     # absolute, max over a fixed batch's logits of the reloaded delta
+LOGIT_TOL = 1e-2     # absolute, max over a fixed batch's logits of the reloaded delta (measured <= 2e-3: DoRA)
 BF16_LOSS_TOL = 0.1  # bf16 runs against the fp32 reference: a sanity bound, not an identity
 STEPS, SMT_WARMUP = 5, 2
 LR = {"full_ft": 3e-3}
 
 
 def _methods():
+    """Every registered method (MP_TEST_METHODS=a,b narrows it when debugging)."""
     import baselines
-    return baselines.available()
+    only = [m for m in os.environ.get("MP_TEST_METHODS", "").split(",") if m]
+    return [m for m in baselines.available() if not only or m in only]
 
 
 def make_cfg(env, name, accum, micro=2):
@@ -57,21 +59,31 @@ def make_cfg(env, name, accum, micro=2):
             "deviations": ["tiny test run"]}
 
 
+def _capture_smt():
+    """Patch SMT.apply to keep the selected blocks and the scorer's summed warm-up gradients."""
+    import baselines
+    smt_cls = baselines.get_method("smt")
+    real_apply, seen = smt_cls.apply, {}
+
+    def apply(self, model, out_dir=None):
+        scorer = self.scorer
+        info = real_apply(self, model, out_dir)
+        seen["plan"] = json.loads(json.dumps({k: v for k, v in self.plan.blocks.items() if v}))
+        if scorer is not None:
+            seen["sums"] = {k: v.clone() for k, v in scorer._acc.items()}
+        return info
+
+    smt_cls.apply = apply
+    return seen
+
+
 # ------------------------------------------------------------------------------------------ worker
 def worker(spec_path: str) -> None:
     """Run every case of the spec in this process (one rank); write out_dir/rank<r>.json."""
     import baselines
     from harness.train import train
 
-    smt_cls = baselines.get_method("smt")
-    real_apply, seen = smt_cls.apply, {}
-
-    def apply(self, model, out_dir=None):
-        info = real_apply(self, model, out_dir)
-        seen["plan"] = json.loads(json.dumps({k: v for k, v in self.plan.blocks.items() if v}))
-        return info
-
-    smt_cls.apply = apply
+    seen = _capture_smt()
     torch.set_num_threads(1)
     rank = int(os.environ.get("RANK", 0))
     for case in json.loads(pathlib.Path(spec_path).read_text()):
@@ -81,6 +93,8 @@ def worker(spec_path: str) -> None:
         rec = train(case["run_cfg"], out)
         from accelerate import PartialState
         info = rec["train_info"]
+        if "sums" in seen:
+            torch.save(seen["sums"], out / f"scores_rank{rank}.pt")
         (out / f"rank{rank}.json").write_text(json.dumps({
             "loss_curve": info["loss_curve"], "plan": seen.get("plan"), "num_processes": info["num_processes"],
             "engine": info.get("engine"), "world": PartialState().num_processes}))
@@ -113,19 +127,23 @@ def env(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(env):
     """Every method in one process: grad_accum 4 x micro-batch 2."""
-    import smt
+    import baselines
     from harness.train import train
 
+    smt_cls = baselines.get_method("smt")
+    real_apply = smt_cls.apply
     out = {}
     torch.set_num_threads(1)
-    for name in _methods():
-        d = env / "ref" / name
-        rec = train(make_cfg(env, name, accum=4), d)
-        plan = None
-        if name == "smt":
-            blocks = smt.SelectionPlan.from_json(d / "plan.json").blocks
-            plan = json.loads(json.dumps({k: v for k, v in blocks.items() if v}))
-        out[name] = {"loss_curve": rec["train_info"]["loss_curve"], "plan": plan, "dir": d}
+    try:
+        seen = _capture_smt()
+        for name in _methods():
+            seen.clear()
+            d = env / "ref" / name
+            rec = train(make_cfg(env, name, accum=4), d)
+            out[name] = {"loss_curve": rec["train_info"]["loss_curve"], "plan": seen.get("plan"),
+                         "sums": seen.get("sums"), "dir": d}
+    finally:
+        smt_cls.apply = real_apply
     return out
 
 
@@ -136,7 +154,7 @@ def _run_two(env, engine):
     tmp.mkdir(exist_ok=True)
     cases = [{"run_cfg": make_cfg(env, n, accum=2), "out_dir": str(tmp / n)} for n in _methods()]
     if engine == "deepspeed":
-        for n in ("smt", "lora"):
+        for n in [m for m in ("smt", "lora") if m in _methods()]:
             cases.append({"run_cfg": make_cfg(env, n, accum=2), "out_dir": str(tmp / f"{n}_bf16"),
                           "mixed_precision": "bf16"})
     prefix = launch.launch_prefix({"launcher": engine, "num_processes": 2, "main_process_port": 29517})
@@ -190,6 +208,11 @@ def _compare(env, name, ref, two, measured):
     assert diff <= LOSS_TOL, f"{name}: 2 processes {b} vs 1 process {a} (max diff {diff:.2e} > {LOSS_TOL})"
     assert logit_diff <= LOGIT_TOL, f"{name}: reloaded deltas give logits {logit_diff:.2e} apart"
     if name == "smt":
+        s0, s1 = (torch.load(d / f"scores_rank{r}.pt") for r in (0, 1))
+        for k, ref_sum in ref["sums"].items():   # every rank holds the full gradient summed over the global batch
+            assert torch.equal(s0[k], s1[k]), f"SMT: ranks hold different warm-up gradient sums for {k}"
+            torch.testing.assert_close(s0[k], ref_sum, rtol=1e-4, atol=1e-6,
+                                       msg=lambda m: f"SMT: 2-process warm-up gradient sum of {k} != 1 process: {m}")
         assert r0["plan"] == r1["plan"], "SMT: the ranks selected different blocks"
         assert r0["plan"] == ref["plan"], \
             "SMT: 2 processes selected other blocks than 1 process"

@@ -4,9 +4,14 @@
 # them). Checkpoints stay in the run directory, tied to the run's fingerprint, so
 # `--rerun-incomplete` resumes an interrupted run and a changed config starts it afresh.
 # Every attempt is appended to the run's attempts.jsonl (not an output: never deleted).
-# execution.launcher "accelerate" runs the same script under `accelerate launch` (multi-GPU, DeepSpeed).
+# execution.launcher (harness.launch): python runs the script in-process; ddp runs it under
+# `torchrun --nproc_per_node N` (data parallel); deepspeed under `accelerate launch --use_deepspeed
+# --zero_stage 2` (the paper's launcher: ZeRO-2, optimizer offload for full FT and SMT's full-FT
+# warm-up); accelerate under `accelerate launch {accelerate_args}`. `snakemake -n -p` prints the command.
 
-if EXE["launcher"] == "accelerate":
+from harness.launch import launch_prefix
+
+if EXE["launcher"] != "python":
 
     rule train:
         input:
@@ -20,7 +25,7 @@ if EXE["launcher"] == "accelerate":
         params:
             run_cfg=lambda w: json.dumps(hc.resolve_run(CFG, run_id(w))),
             out_dir=lambda w, output: os.path.dirname(output[0]),
-            launch=EXE["accelerate_args"],
+            launch=launch_prefix(EXE),
         threads: CFG["threads"]
         resources:
             mem_mb=mem("train"),
@@ -29,7 +34,7 @@ if EXE["launcher"] == "accelerate":
         conda:
             ENV
         shell:
-            "accelerate launch {params.launch} workflow/scripts/train.py"
+            "{params.launch} workflow/scripts/train.py"
             " --run-cfg {params.run_cfg:q} --out-dir {params.out_dir:q} --threads {threads}"
             " > {log:q} 2>&1"
 
