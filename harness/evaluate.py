@@ -41,7 +41,7 @@ from harness.records import REPO_ROOT, atomic_write_json
 from harness.tasks import TASK_PREFIX, TASKS, TASKS_DIR, get_task
 
 NUMBER_TOLERANCE = 1e-3
-DEGENERATE_SHARE = 0.9  # a task's predictions are "degenerate" when one answer is >= 90 % of them
+DEGENERATE_SHARE = stats.DEGENERATE_SHARE
 NO_PREDICTION = "<none>"
 _AQUA_PATTERNS = [r"(?i:answer is):?\s*\(?([A-E])\b", r"\(([A-E])\)", r"\b([A-E])\b"]
 PROTOCOL_NOTES = [

@@ -28,6 +28,7 @@ import json
 import math
 import pathlib
 import textwrap
+from collections import Counter
 from typing import Callable
 
 import numpy as np
@@ -139,6 +140,10 @@ def load_run(record_path) -> Run:
                 raise ValueError(f"{pred} is corrupt ({err}); evaluate the run again") from err
             correct[suite][task] = np.array([bool(r["correct"]) for r in rows], dtype=float)
             labels[suite][task] = [str(r["label"]) for r in rows]
+            entry = ev["tasks"][task]
+            if "degenerate" not in entry and rows:  # an evaluation written before the flag existed
+                preds = Counter("<none>" if r.get("prediction") is None else str(r["prediction"]) for r in rows)
+                entry["degenerate"] = max(preds.values()) / len(rows) >= stats.DEGENERATE_SHARE
             if len(rows) != ev["tasks"][task].get("n", len(rows)):
                 problems[suite] = f"{pred} has {len(rows)} rows, {result} says n={ev['tasks'][task]['n']}"
     return Run(path, record, evals, correct, labels, problems)
@@ -1029,11 +1034,15 @@ def make_figure(name: str, config: dict, record_paths, out_prefix) -> list[pathl
     fig, frame, caption = figure_data(name, config, record_paths)
     runs = [load_run(p) for p in record_paths]
     devs = _deviations(runs)
-    title = textwrap.fill(f"{FIGURES[name].title} (config {config['name']})", 90)
-    fig.suptitle(title, fontsize=10)
-    note = textwrap.fill(caption + (f". Deviations: {'; '.join(devs)}" if devs else ""), 150)
-    fig.tight_layout(rect=(0, 0.04 + 0.02 * note.count("\n"), 1, 1))
-    fig.text(0.01, 0.005, note, fontsize=7, va="bottom")
+    width, height = fig.get_figwidth(), fig.get_figheight()
+    title = textwrap.fill(f"{FIGURES[name].title} (config {config['name']})", int(width * 11))
+    note = textwrap.fill(caption + (f". Deviations: {'; '.join(devs)}" if devs else ""), int(width * 16))
+    title_in, note_in = 0.18 * (title.count("\n") + 1) + 0.1, 0.12 * (note.count("\n") + 1) + 0.1
+    fig.set_figheight(height + title_in + note_in)  # room above and below the axes for the text
+    total = fig.get_figheight()
+    fig.suptitle(title, fontsize=10, y=1 - 0.05 / total, va="top")
+    fig.text(0.01, 0.05 / total, note, fontsize=7, va="bottom")
+    fig.tight_layout(rect=(0, note_in / total, 1, 1 - title_in / total))
     out = pathlib.Path(out_prefix)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out.with_suffix(".png"), out.with_suffix(".pdf")]

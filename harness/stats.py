@@ -22,6 +22,7 @@ import numpy as np
 
 Z95 = 1.959963984540054  # the 0.975 quantile of the standard normal
 N_BOOT = 2000
+DEGENERATE_SHARE = 0.9  # predictions are degenerate when one answer is >= 90 % of them
 
 
 def wilson(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
