@@ -242,6 +242,32 @@ def finish(acc, prepared):
     return model
 
 
+def save_engine_state(acc, ckpt_dir) -> bool:
+    """DeepSpeed: every rank writes its ZeRO partition of the optimizer state (and the trainable
+    weights) under ``ckpt_dir/deepspeed`` (a collective: call it on every rank). False otherwise:
+    the caller's own checkpoint holds the whole optimizer state."""
+    if not is_deepspeed(acc) or acc.deepspeed_engine_wrapped is None:
+        return False
+    path = pathlib.Path(ckpt_dir) / "deepspeed"
+    acc.deepspeed_engine_wrapped.engine.save_checkpoint(str(path), tag="latest", save_latest=False,
+                                                        exclude_frozen_parameters=True)
+    return True
+
+
+def load_engine_state(acc, ckpt_dir) -> bool:
+    """DeepSpeed, after preparing the model: restore every rank's ZeRO optimizer partition saved by
+    :func:`save_engine_state`; False when not under DeepSpeed."""
+    if not is_deepspeed(acc):
+        return False
+    path = pathlib.Path(ckpt_dir) / "deepspeed"
+    if not (path / "latest").is_dir():
+        raise FileNotFoundError(f"cannot resume under DeepSpeed: {path}/latest (the ZeRO optimizer state) is "
+                                "missing; delete the run's checkpoints/ to start over")
+    acc.deepspeed_engine_wrapped.engine.load_checkpoint(str(path), tag="latest", load_optimizer_states=True,
+                                                        load_lr_scheduler_states=False, load_module_strict=False)
+    return True
+
+
 def zero_grad(acc, model) -> None:
     """Drop the gradients after a step (DeepSpeed's engine takes no ``set_to_none``; it frees them itself)."""
     if is_deepspeed(acc):

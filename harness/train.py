@@ -452,6 +452,7 @@ class _Run:
         log.info("step %d: validation loss %.4f", step, loss)
 
     def _checkpoint(self, model, opt, sched, step: int):
+        launch.save_engine_state(self.acc, self.out_dir / CKPT_DIR)  # DeepSpeed: ZeRO partitions, all ranks
         if self.acc.is_main_process:
             state = {"fingerprint": self.fp, "fingerprint_inputs": self.fp_inputs, "step": step,
                      "loss_curve": list(self.curve), "val_curve": list(self.val_curve), "tokens": self.tokens,
@@ -520,7 +521,8 @@ class _Run:
         self.tokens, self.prior_seconds = 0, 0.0
         if ckpt is not None:
             _load_trainable(model, ckpt["trainable"])
-            opt.load_state_dict(ckpt["optimizer"])
+            if not launch.is_deepspeed(acc):  # DeepSpeed restores its ZeRO partitions after prepare
+                opt.load_state_dict(ckpt["optimizer"])
             sched.load_state_dict(ckpt["scheduler"])
             step = ckpt["step"]
             self.curve[:], self.val_curve[:] = ckpt["loss_curve"], ckpt.get("val_curve", [])
@@ -530,6 +532,8 @@ class _Run:
         launch.select_phase(acc, "train")  # DeepSpeed: this phase's ZeRO-2 config (offload for full FT)
         prepared, opt = acc.prepare(model, opt)
         self.model = prepared
+        if ckpt is not None:
+            launch.load_engine_state(acc, out_dir / CKPT_DIR)
         batches = stream(step)
         if ckpt is not None:
             _set_rng_state(ckpt["rng"])
