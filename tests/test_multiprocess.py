@@ -37,6 +37,19 @@ def _methods():
     return [m for m in baselines.available() if not only or m in only]
 
 
+def _cases():
+    """Every method, plus SMT with a gradient-only warm-up (no optimizer, hence no ZeRO engine, in the warm-up)."""
+    return _methods() + (["smt_grad_only"] if "smt" in _methods() else [])
+
+
+def case_cfg(env, case, accum):
+    if case == "smt_grad_only":
+        cfg = make_cfg(env, "smt", accum)
+        cfg["method"]["warmup_mode"] = "grad_only"
+        return cfg
+    return make_cfg(env, case, accum)
+
+
 def make_cfg(env, name, accum, micro=2):
     import baselines
     method = {"name": name, "lr": LR.get(name, 5e-2)}
@@ -165,10 +178,10 @@ def reference(env):
     torch.set_num_threads(1)
     try:
         seen = _capture_smt()
-        for name in _methods():
+        for name in _cases():
             seen.clear()
             d = env / "ref" / name
-            rec = train(make_cfg(env, name, accum=4), d)
+            rec = train(case_cfg(env, name, accum=4), d)
             out[name] = {"loss_curve": rec["train_info"]["loss_curve"], "plan": seen.get("plan"),
                          "sums": seen.get("sums"), "dir": d}
     finally:
@@ -181,7 +194,7 @@ def _run_two(env, engine):
     from harness import launch
     tmp = env / engine
     tmp.mkdir(exist_ok=True)
-    cases = [{"run_cfg": make_cfg(env, n, accum=2), "out_dir": str(tmp / n)} for n in _methods()]
+    cases = [{"run_cfg": case_cfg(env, n, accum=2), "out_dir": str(tmp / n)} for n in _cases()]
     if engine == "deepspeed":
         for n in [m for m in ("smt", "lora") if m in _methods()]:
             cases.append({"run_cfg": make_cfg(env, n, accum=2), "out_dir": str(tmp / f"{n}_bf16"),
@@ -218,7 +231,8 @@ def _logits(env, name, delta_dir):
     from harness.prompts import tokenize_example
     from harness.train import collate
     model, tok = load_model(env / "model", "float32", "cpu")
-    method = baselines.get_method(name)(make_cfg(env, name, accum=1))
+    cfg = case_cfg(env, name, accum=1)
+    method = baselines.get_method(cfg["method"]["name"])(cfg)
     model = method.merge(method.load(model, delta_dir / "delta"))
     model.eval()
     recs = json.loads((env / "train.json").read_text())[:3]
@@ -240,7 +254,7 @@ def _compare(env, name, ref, two, measured):
                       "max_logit_diff": logit_diff}
     assert diff <= LOSS_TOL, f"{name}: 2 processes {b} vs 1 process {a} (max diff {diff:.2e} > {LOSS_TOL})"
     assert logit_diff <= LOGIT_TOL, f"{name}: reloaded deltas give logits {logit_diff:.2e} apart"
-    if name == "smt":
+    if name.startswith("smt"):
         s0, s1 = (torch.load(d / f"scores_rank{r}.pt") for r in (0, 1))
         for k, ref_sum in ref["sums"].items():   # every rank holds the full gradient summed over the global batch
             assert torch.equal(s0[k], s1[k]), f"SMT: ranks hold different warm-up gradient sums for {k}"
@@ -252,7 +266,7 @@ def _compare(env, name, ref, two, measured):
         measured[name]["plan_identical"] = True
 
 
-@pytest.mark.parametrize("name", _methods())
+@pytest.mark.parametrize("name", _cases())
 def test_ddp_two_processes_match_one(env, reference, ddp, name, record_property):
     measured = {}
     _compare(env, name, reference[name], ddp[name], measured)
@@ -260,10 +274,10 @@ def test_ddp_two_processes_match_one(env, reference, ddp, name, record_property)
     print("ddp", name, json.dumps(measured[name]))
 
 
-@pytest.mark.parametrize("name", _methods())
+@pytest.mark.parametrize("name", _cases())
 def test_deepspeed_zero2_two_processes_match_one(env, reference, deepspeed_runs, name, record_property):
     # ZeRO-Offload exactly where the paper trains every weight: full FT, SMT's full-FT warm-up
-    expect = {"full_ft": [True], "smt": [True, False]}.get(name, [False])
+    expect = {"full_ft": [True], "smt": [True, False], "smt_grad_only": [False]}.get(name, [False])
     assert deepspeed_runs[name][0]["offloads"] == expect, f"{name}: engines built with offload " \
         f"{deepspeed_runs[name][0]['offloads']}, expected {expect} (one per phase)"
     measured = {}
