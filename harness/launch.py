@@ -122,8 +122,9 @@ def deepspeed_config(run_cfg: dict, phase: str = "train", world_size: int = 1, w
     train_micro_batch_size_per_gpu = train.micro_batch_size, gradient_accumulation_steps =
     train.grad_accum (DeepSpeed divides the loss by it), train_batch_size = their product x
     world size, gradient_clipping = train.max_grad_norm (0: none), bf16 from the model dtype or
-    mixed precision. On a CPU-only machine the client optimizer (torch AdamW) is allowed with
-    offload (``zero_force_ds_cpu_optimizer: false``; DeepSpeedCPUAdam needs a compiled op).
+    mixed precision. With offload the client optimizer (torch AdamW) is allowed
+    (``zero_force_ds_cpu_optimizer: false``; DeepSpeedCPUAdam would need a compiled op): it
+    steps the offloaded partitions on the CPU, the same update, more slowly.
     """
     if phase not in PHASES:
         raise ValueError(f"unknown phase {phase!r}; use {PHASES}")
@@ -141,9 +142,12 @@ def deepspeed_config(run_cfg: dict, phase: str = "train", world_size: int = 1, w
     z = cfg["zero_optimization"]
     if z.get("reduce_bucket_size") == "auto":
         z["reduce_bucket_size"] = 5e8
+    if "offload_optimizer" in z:
+        # the loop's own optimizer (torch AdamW, run_cfg's betas/eps) steps the offloaded fp32 partitions on
+        # the CPU: the same update as DeepSpeedCPUAdam (which needs a compiled op), slower
+        cfg["zero_force_ds_cpu_optimizer"] = False
     import torch
     if not torch.cuda.is_available():
-        cfg["zero_force_ds_cpu_optimizer"] = False
         z.get("offload_optimizer", {}).pop("pin_memory", None)
     cfg["steps_per_print"] = 10 ** 9
     cfg["wall_clock_breakdown"] = False
