@@ -270,7 +270,8 @@ class GradientScorer:
                                f"{self.steps}); every rank must call accumulate() equally often")
         for name in self.modules:
             acc = self._acc[name]
-            buf = acc if _backend_device_ok(dist, acc) else acc.cpu()
+            dev = _reduce_device(dist, acc)
+            buf = acc if acc.device == dev else acc.to(dev)
             dist.all_reduce(buf, op=dist.ReduceOp.SUM)
             buf.div_(world)
             if buf is not acc:
@@ -310,6 +311,12 @@ def _world():
     return None
 
 
-def _backend_device_ok(dist, t: torch.Tensor) -> bool:
-    """Whether ``t`` can be reduced where it lies: gloo reduces CPU tensors only."""
-    return t.device.type == "cpu" or "gloo" not in str(dist.get_backend()).lower()
+def _reduce_device(dist, t: torch.Tensor) -> torch.device:
+    """Where the process group can reduce ``t``: gloo reduces CPU tensors, nccl GPU tensors (an
+    accumulator kept on the CPU with ``accumulate_on_cpu`` goes to this rank's GPU one at a time)."""
+    backend = str(dist.get_backend()).lower()
+    if "nccl" in backend and t.device.type == "cpu":
+        return torch.device("cuda", torch.cuda.current_device())
+    if "nccl" not in backend and "gloo" in backend and t.device.type != "cpu":
+        return torch.device("cpu")
+    return t.device
