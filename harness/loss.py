@@ -38,8 +38,8 @@ def _unwrap(model):
     inner, wrapped = model, False
     for _ in range(8):
         wrapped = wrapped or hasattr(inner, "_original_forward")  # accelerate's autocast wrapper
-        child = next((getattr(inner, a) for a in _WRAPPER_ATTRS if isinstance(getattr(inner, a, None), torch.nn.Module)),
-                     None)
+        children = [getattr(inner, a, None) for a in _WRAPPER_ATTRS]
+        child = next((c for c in children if isinstance(c, torch.nn.Module)), None)
         if child is not None and not hasattr(inner, "get_output_embeddings"):  # DDP, DeepSpeed, compile
             inner, wrapped = child, True
         elif callable(getattr(inner, "get_base_model", None)):  # peft PeftModel: adapters live inside
