@@ -55,7 +55,10 @@ def launcher_settings(exe: dict) -> dict:
     if launcher == "python" and n > 1:
         raise ValueError(f"execution.num_processes is {n} but execution.launcher is 'python' (one process); "
                          "set launcher: ddp or deepspeed")
-    mp = exe.get("mixed_precision") or ("bf16" if gpus else "no")
+    mp = exe.get("mixed_precision")
+    if mp is False:  # YAML 1.1 reads an unquoted `no` as false
+        mp = "no"
+    mp = mp or ("bf16" if gpus else "no")
     if mp not in ("no", "bf16"):
         raise ValueError(f"execution.mixed_precision {mp!r}: use no or bf16")
     offload = exe.get("deepspeed_offload", "full")
