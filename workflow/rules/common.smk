@@ -1,5 +1,6 @@
 # Shared helpers: the validated config (CFG), output paths and input functions.
 # All sweep logic is in harness/config.py; nothing heavy is imported here.
+import functools
 import json
 import os
 import sys
@@ -93,3 +94,15 @@ def report_outputs(targets):
         exts = ("csv", "md", "tex") if t.startswith("table") else ("png", "pdf")
         out += [f"{report_prefix(t)}.{e}" for e in exts]
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def _eval_params(suite):
+    """eval_cfg of a suite without data_root, plus the sha256 of each of its test files
+    (`test_sets_sha256` of prepare.smk: content, cached by path, size and mtime)."""
+    cfg = {k: v for k, v in hc.eval_cfg(CFG, suite).items() if k != "data_root"}
+    try:
+        sums = test_sets_sha256(suite)
+    except (OSError, ValueError) as err:  # no data here (e.g. a dry run elsewhere): the job will say
+        sums = {"unavailable": str(err).splitlines()[0]}
+    return {"eval_cfg": cfg, "test_sha256": sums}

@@ -6,21 +6,6 @@
 # the evaluations that read it. The output is flagged update(): Snakemake does not delete the
 # previous eval/<suite>.json before the job runs and restores it when the job fails (e.g. on a
 # corrupt record.json), so a good evaluation is never lost.
-import functools
-
-
-@functools.lru_cache(maxsize=None)
-def _eval_params(suite):
-    """eval_cfg of a suite without data_root, plus the sha256 of each of its test files
-    (`test_sets_sha256` of prepare.smk: content, cached by path, size and mtime)."""
-    cfg = {k: v for k, v in hc.eval_cfg(CFG, suite).items() if k != "data_root"}
-    try:
-        sums = test_sets_sha256(suite)
-    except (OSError, ValueError) as err:  # no data here (e.g. a dry run elsewhere): the job will say
-        sums = {"unavailable": str(err).splitlines()[0]}
-    return {"eval_cfg": cfg, "test_sha256": sums}
-
-
 rule evaluate:
     input:
         record=f"{RUN}/record.json",
