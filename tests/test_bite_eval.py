@@ -44,6 +44,45 @@ def rows(out_dir):
     return [json.loads(line) for line in (out_dir / "boolq.predictions.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.parametrize("task,text,expected", [
+    ("boolq", "false, then true", "false"),
+    ("piqa", "solution1 or solution2", "solution1"),
+    ("gsm8k", "first 3, then 1,234", 1234.0),
+    ("gsm8k", "2 and 7", 7.0),
+    ("AQuA", "Answer: C", "C"),
+    ("AQuA", "A lot. The answer is (D)", "D"),
+    ("SVAMP", "no number", None),
+])
+def test_extraction_edges(task, text, expected):
+    assert extract_answer(task, text) == expected
+
+
+def test_numbers_count_within_one_thousandth_only():
+    assert is_correct("gsm8k", 5.0009, "5")
+    assert not is_correct("gsm8k", 5.01, "5")
+    assert not is_correct("gsm8k", 5.002, "5")
+    assert not is_correct("boolq", None, "")
+    assert not is_correct("gsm8k", None, "5")
+
+
+def test_response_is_cut_at_a_further_response_marker():
+    assert response_text(" true\n### Response: false") == "true"
+    assert score("boolq", " true ### Response: false")["prediction"] == "true"
+    assert score("boolq", "nothing here")["extraction_failure"] is True
+
+
+def test_task_summary_counts_extraction_failures_apart_from_wrong_answers():
+    from harness.evaluate import task_summary
+
+    rows = [{"label": "true", "prediction": "true", "extraction_failure": False, "correct": True},
+            {"label": "false", "prediction": "true", "extraction_failure": False, "correct": False},
+            {"label": "true", "prediction": "true", "extraction_failure": False, "correct": True},
+            {"label": "false", "prediction": None, "extraction_failure": True, "correct": False}]
+    s = task_summary("boolq", rows)
+    assert (s["n"], s["correct"], s["extraction_failures"]) == (4, 2, 1)
+    assert s["accuracy"] == 0.5
+
+
 @needs_mirror
 @pytest.mark.parametrize("name", ["full_ft", "lora", "smt"])
 def test_evaluate_run_scores_the_trained_model_not_the_base(tmp_path, monkeypatch, name):
@@ -78,30 +117,3 @@ def test_evaluate_run_scores_the_trained_model_not_the_base(tmp_path, monkeypatc
     assert summary["n"] == len(got) == 3
     assert summary["accuracy"] == sum(r["correct"] for r in got) / 3
     assert summary["extraction_failures"] == sum(r["extraction_failure"] for r in got)
-
-
-@pytest.mark.parametrize("task,text,expected", [
-    ("boolq", "false, then true", "false"),
-    ("piqa", "solution1 or solution2", "solution1"),
-    ("gsm8k", "first 3, then 1,234", 1234.0),
-    ("gsm8k", "2 and 7", 7.0),
-    ("AQuA", "Answer: C", "C"),
-    ("AQuA", "A lot. The answer is (D)", "D"),
-    ("SVAMP", "no number", None),
-])
-def test_extraction_edges(task, text, expected):
-    assert extract_answer(task, text) == expected
-
-
-def test_numbers_count_within_one_thousandth_only():
-    assert is_correct("gsm8k", 5.0009, "5")
-    assert not is_correct("gsm8k", 5.01, "5")
-    assert not is_correct("gsm8k", 5.002, "5")
-    assert not is_correct("boolq", None, "")
-    assert not is_correct("gsm8k", None, "5")
-
-
-def test_response_is_cut_at_a_further_response_marker():
-    assert response_text(" true\n### Response: false") == "true"
-    assert score("boolq", " true ### Response: false")["prediction"] == "true"
-    assert score("boolq", "nothing here")["extraction_failure"] is True

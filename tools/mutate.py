@@ -55,7 +55,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_YAML = REPO / "tools" / "mutants.yaml"
 # module (for kill rates) of each source file; first matching prefix wins
 MODULES = [("smt/", "smt"), ("harness/train.py", "train"), ("harness/records.py", "train"),
-           ("harness/loss.py", "train"), ("harness/evaluate.py", "evaluate"), ("harness/stats.py", "evaluate"),
+           ("harness/loss.py", "train"), ("harness/launch.py", "train"), ("harness/evaluate.py", "evaluate"), ("harness/stats.py", "evaluate"),
            ("harness/tasks/", "evaluate"), ("harness/data.py", "data"), ("harness/prompts.py", "data"),
            ("harness/models.py", "data"), ("harness/report.py", "report"), ("harness/profile.py", "report"),
            ("baselines/", "baselines"), ("harness/config.py", "config")]
