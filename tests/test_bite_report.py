@@ -161,3 +161,12 @@ def test_figure3_points_are_means_over_seeds_at_the_reached_budget(tmp_path, cfg
     xs, ys = list(smt_line.get_xdata()), list(smt_line.get_ydata())
     mean = lambda b: (expected_avg("smt", b, 0) + expected_avg("smt", b, 1)) / 2  # noqa: E731
     assert xs == pytest.approx([1.96, 3.92]) and ys == pytest.approx([mean(2.0), mean(4.0)], abs=1e-6)
+
+
+def test_table2_without_any_smt_run_shows_smt_rows_as_missing(tmp_path, cfg):
+    ids = [r for r in hc.expand_runs(cfg, "table2") if "/smt/" not in r]
+    df = report.make_table("table2", cfg, write_runs(tmp_path, cfg, ids), tmp_path / "t2")
+    assert number(row(df, "DoRA", "Best")["AVG"]) == pytest.approx(
+        (expected_avg("dora", 4.0, 0) + expected_avg("dora", 4.0, 1)) / 2, abs=0.051)
+    for cell in df[[("SMT" in str(m)) and "−" not in str(m) for m in df.Method]]["AVG"]:
+        assert not re.match(r"\s*-?\d", str(cell)), cell

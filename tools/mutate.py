@@ -382,7 +382,9 @@ def select(mutants: list[Mutant], args) -> list[Mutant]:
         mutants = [m for m in mutants if m.id in ids]
     if args.tag:
         mutants = [m for m in mutants if args.tag in m.tags]
-    if not args.generated:
+    if args.generated_only:
+        mutants = [m for m in mutants if m.generated]
+    elif not args.generated:
         mutants = [m for m in mutants if not m.generated]
     return mutants
 
@@ -397,6 +399,7 @@ def main(argv=None) -> int:
     p.add_argument("--fast", action="store_true",
                    help="run each mutant's `fast_tests` (single test ids) instead of its `tests` where given")
     p.add_argument("--generated", action="store_true", help="also run the generated operator mutants")
+    p.add_argument("--generated-only", action="store_true", help="only the generated operator mutants")
     p.add_argument("--rev", help="test a committed revision (git archive REV) instead of the working tree")
     p.add_argument("--jobs", type=int, default=1, help="parallel copies (default 1)")
     p.add_argument("--timeout", type=float, default=420, help="seconds per mutant's test run (default 420)")
@@ -412,10 +415,10 @@ def main(argv=None) -> int:
     mutants = load_curated(spec, args.fast)
     src_root = REPO
     tmp_src = None
-    if args.rev and args.generated:  # generated spans must come from the revision's text
+    if args.rev and (args.generated or args.generated_only):  # generated spans must come from the revision's text
         tmp_src = pathlib.Path(tempfile.mkdtemp(prefix="mutate-src-"))
         src_root = make_copy(tmp_src, args.rev)
-    for entry in spec.get("generate") or []:
+    for entry in (spec.get("generate") or []) if (args.generated or args.generated_only) else []:
         mutants += generate(entry, src_root)
     mutants = select(mutants, args)
     if args.list:
