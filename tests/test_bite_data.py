@@ -66,6 +66,7 @@ def test_exactly_the_prompt_is_masked(tok):
     assert ex["labels"][:n_prompt] == [-100] * n_prompt
     assert ex["labels"][n_prompt:] == ex["input_ids"][n_prompt:]
     assert tok.decode(ex["input_ids"][n_prompt:-1]) == "hi Bob" and ex["input_ids"][-1] == tok.eos_token_id
+    assert ex["attention_mask"] == [1] * len(ex["input_ids"])
     everything = tokenize_example(tok, rec, 512, True, True)
     assert everything["labels"] == everything["input_ids"]
 

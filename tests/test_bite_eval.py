@@ -59,6 +59,7 @@ def test_extraction_edges(task, text, expected):
 
 def test_numbers_count_within_one_thousandth_only():
     assert is_correct("gsm8k", 5.0009, "5")
+    assert is_correct("gsm8k", 0.001, "0")  # within 1e-3 includes 1e-3 itself
     assert not is_correct("gsm8k", 5.01, "5")
     assert not is_correct("gsm8k", 5.002, "5")
     assert not is_correct("boolq", None, "")
