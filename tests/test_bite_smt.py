@@ -144,3 +144,9 @@ def test_merged_and_reloaded_models_carry_the_trained_blocks(tmp_path):
     torch.testing.assert_close(merged.state_dict()["layers.1.q_proj.weight"], dense["layers.1.q_proj.weight"])
     with torch.no_grad():
         torch.testing.assert_close(merged(ids), want)
+
+
+def test_an_empty_plan_has_zero_shares():
+    plan = smt.SelectionPlan(16, {"model.layers.0.self_attn.q_proj": (32, 32)}, {}, 1000)
+    t = plan.summary()["per_type"]["q_proj"]
+    assert (t["share"], t["fraction_of_type"], plan.budget_reached) == (0.0, 0.0, 0.0)
