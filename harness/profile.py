@@ -313,8 +313,10 @@ def profile_table1(run_cfgs: dict, table1: dict, out_path, threads: int | None =
     (harness.loss route: keep/decoder = head on labelled positions only), warmup_seconds (SMT's
     warm-up + selection; null if none), step_seconds [timed, in round order], step {median, q1,
     q3, iqr} (seconds), tokens_per_s {median, q1, q3, iqr} (non-pad tokens), positions_per_s,
-    final_loss, ratio_to_floor (median / floor median), ratio_to_floor_paired (per-round ratio
-    quartiles), speedup_vs_full_ft (full-FT median / median; null without full_ft), speedup_vs_full_ft_paired,
+    final_loss, ratio_to_floor (median over timed rounds of step / floor's step in the same round),
+    ratio_to_floor_paired (those per-round ratios' {median, q1, q3, iqr}), ratio_of_medians_to_floor,
+    speedup_vs_full_ft (median over rounds of full FT's step / this step; null without full_ft),
+    speedup_vs_full_ft_paired (quartiles), speedup_of_medians_vs_full_ft,
     memory {param_bytes, trainable_param_bytes, grad_bytes, grad_tensors, optimizer_bytes,
     saved_activation_bytes, saved_activation_storages, saved_param_bytes, saved_tensor_count,
     total_accounted_bytes}, cuda (null on CPU, else {max_allocated_bytes, step_peak_over_resident_bytes,
@@ -426,10 +428,14 @@ def _arm_json(arm: _Arm, arms: dict) -> dict:
         "tokens_per_s": _quartiles([n / t for n, t in zip(arm.tokens, arm.times)]),
         "positions_per_s": _quartiles([n / t for n, t in zip(arm.positions, arm.times)]),
         "final_loss": arm.losses[-1] if arm.losses else None,
-        "ratio_to_floor": med / statistics.median(floor.times),
+        # ratios are paired per round (same batch, same moment): robust to load that changes during
+        # the run, which moves every arm's median but not a round's ratio; ratios of medians kept apart
+        "ratio_to_floor": paired(arm.times, floor.times)["median"],
         "ratio_to_floor_paired": paired(arm.times, floor.times),
-        "speedup_vs_full_ft": statistics.median(full.times) / med if full else None,
+        "ratio_of_medians_to_floor": med / statistics.median(floor.times),
+        "speedup_vs_full_ft": paired(full.times, arm.times)["median"] if full else None,
         "speedup_vs_full_ft_paired": paired(full.times, arm.times) if full else None,
+        "speedup_of_medians_vs_full_ft": statistics.median(full.times) / med if full else None,
         "memory": arm.memory,
         "cuda": _cuda_json(arm),
     }

@@ -1,5 +1,6 @@
 """Table 1 as a measurement: one side-by-side job, round-robin, the frozen floor, memory accounted."""
 import json
+import statistics
 
 import pytest
 import torch
@@ -60,6 +61,12 @@ def test_json_has_every_arm_with_timed_steps(profile):
         assert arm["tokens_per_s"]["median"] > 0 and arm["memory"]["param_bytes"] > 0
     assert profile["arms"]["floor"]["ratio_to_floor"] == 1.0
     assert profile["arms"]["full_ft"]["speedup_vs_full_ft"] == 1.0
+    # ratios are paired per round (same batch, same moment), not ratios of medians
+    arms, fl = profile["arms"], profile["arms"]["floor"]["step_seconds"]
+    for name in METHODS:
+        ts, full = arms[name]["step_seconds"], arms["full_ft"]["step_seconds"]
+        assert arms[name]["ratio_to_floor"] == pytest.approx(statistics.median([a / b for a, b in zip(ts, fl)]))
+        assert arms[name]["speedup_vs_full_ft"] == pytest.approx(statistics.median([f / t for f, t in zip(full, ts)]))
     assert profile["arms"]["smt"]["warmup_seconds"] > 0 and profile["arms"]["lora"]["warmup_seconds"] is None
     # every batch is exactly batch_size x seq_len positions
     assert profile["batches"]["n"] == STEPS + WARM and set(profile["batches"]["positions"]) == {600}
