@@ -42,7 +42,7 @@ def test_every_table_and_figure_is_written(tiny_run):
         for ext in ("csv", "md", "tex"):
             assert (out / "results" / "tables" / f"{name}.{ext}").stat().st_size > 0
         md = (out / "results" / "tables" / f"{name}.md").read_text()
-        assert "Config `test`" in md and "Runs:" in md            # names its config and its runs
+        assert "config: test (" in md and "Runs:" in md and "deviations:" in md  # names config, deviations, runs
     for name in FIGURES:
         for ext in ("png", "pdf"):
             assert (out / "figures" / f"{name}.{ext}").stat().st_size > 1000
