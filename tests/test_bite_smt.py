@@ -150,3 +150,19 @@ def test_an_empty_plan_has_zero_shares():
     plan = smt.SelectionPlan(16, {"model.layers.0.self_attn.q_proj": (32, 32)}, {}, 1000)
     t = plan.summary()["per_type"]["q_proj"]
     assert (t["share"], t["fraction_of_type"], plan.budget_reached) == (0.0, 0.0, 0.0)
+
+
+def test_an_inference_forward_uses_blocks_changed_since_the_last_forward():
+    torch.manual_seed(0)
+    model = Tied()
+    dense = {k: v.clone() for k, v in model.state_dict().items()}
+    dense["layers.0.q_proj.weight"][0:8, 24:32] -= 0.5
+    reference = Tied()
+    reference.load_state_dict(dense)
+    ids = torch.arange(10).reshape(2, 5)
+    shapes = {f"layers.{i}.q_proj": (32, 32) for i in range(2)}
+    smt.apply_smt(model, smt.SelectionPlan(8, shapes, {"layers.0.q_proj": [(0, 3)]}, smt.count_parameters(model)))
+    with torch.no_grad():
+        model(ids)  # an earlier forward wrote the old blocks into the weight
+        model.layers[0]["q_proj"].blocks.sub_(0.5)  # an optimizer step, no forward since
+        torch.testing.assert_close(model(ids), reference(ids))
