@@ -31,40 +31,18 @@ HellaSwag test set) are accepted with a warning, and their sha256 is recorded.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pathlib
 import random
 import re
-import tempfile
 import urllib.request
 import warnings
 
 # no torch here: the Snakemake DAG imports this module to compute the data checksums of its jobs
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-
-def sha256_file(path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def atomic_write_json(path, obj) -> pathlib.Path:
-    """Write obj as indented JSON through a temporary file and a rename (never a torn file)."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(obj, handle, indent=2, default=str)
-        handle.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-    return path
+from harness.records import atomic_write_json, sha256_file  # noqa: E402  (torch-free, like this module)
 
 LLM_ADAPTERS_COMMIT = "816657208af4db747803f87ba40a4c71383fed7a"
 GSM8K_COMMIT = "3101c7d5072418e28b9008a6636bde82a006892c"
