@@ -39,3 +39,27 @@ MIRROR, MIRROR_SOURCE = find_data_root()
 needs_mirror = pytest.mark.skipif(
     not (MIRROR / "llm-adapters").is_dir(),
     reason=f"offline data mirror not found at {MIRROR} ({MIRROR_SOURCE}); set SMT_DATA_ROOT to a copy of the mirror")
+
+
+# A tiny random LLaMA and a toy parity task ("Is a plus b even?"), the world most training tests
+# run in: seconds per run, and a label that a few steps can start to learn.
+PARITY_PAIRS = [(1, 2), (2, 2), (3, 5), (4, 1), (6, 6), (7, 2), (8, 1), (9, 9)]
+
+
+def parity_records(pairs=PARITY_PAIRS) -> list[dict]:
+    """LLM-Adapters records asking whether a + b is even, answered true/false."""
+    return [{"instruction": f"Is {a} plus {b} even? Answer format: true/false", "input": "",
+             "output": f"the correct answer is {str((a + b) % 2 == 0).lower()}", "answer": ""}
+            for a, b in pairs]
+
+
+def make_tiny_env(root, pairs=PARITY_PAIRS) -> pathlib.Path:
+    """root/model (tiny random LLaMA, seed 0) and root/train.json (parity records); returns root."""
+    import json
+
+    from harness.models import prepare_model
+
+    root = pathlib.Path(root)
+    prepare_model({"source": "tiny", "seed": 0}, root / "model")
+    (root / "train.json").write_text(json.dumps(parity_records(pairs)))
+    return root

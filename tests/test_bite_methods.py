@@ -10,11 +10,10 @@ import baselines
 import smt
 from harness.models import load_model, prepare_model
 from harness.train import train
+from conftest import parity_records
 
 torch.set_num_threads(1)
-RECORDS = [{"instruction": f"Is {a} plus {b} even? Answer format: true/false", "input": "",
-            "output": f"the correct answer is {str((a + b) % 2 == 0).lower()}", "answer": ""}
-           for a, b in [(1, 2), (2, 2), (3, 5), (4, 1)]]
+RECORDS = parity_records([(1, 2), (2, 2), (3, 5), (4, 1)])
 QKV = ["q_proj", "k_proj", "v_proj"]
 
 

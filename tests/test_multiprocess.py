@@ -156,14 +156,8 @@ def _launch(cmd, spec, tmp, extra_env):
 # ------------------------------------------------------------------------------------------ tests
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    from harness.models import prepare_model
-    root = tmp_path_factory.mktemp("mp")
-    prepare_model({"source": "tiny", "seed": 0}, root / "model")
-    records = [{"instruction": f"Is {a} plus {b} even? Answer format: true/false", "input": "",
-                "output": f"the correct answer is {str((a + b) % 2 == 0).lower()}", "answer": ""}
-               for a, b in [(1, 2), (2, 2), (3, 5), (4, 1), (6, 6), (7, 2), (8, 1), (9, 9)]]
-    (root / "train.json").write_text(json.dumps(records))
-    return root
+    from conftest import make_tiny_env
+    return make_tiny_env(tmp_path_factory.mktemp("mp"))
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 import harness.profile as prof
-from harness.models import load_model, prepare_model
+from harness.models import load_model
+from conftest import make_tiny_env
 
 torch.set_num_threads(1)
 METHODS = ["full_ft", "smt", "lora", "dora"]
@@ -16,13 +17,7 @@ STEPS, WARM = 3, 1
 
 @pytest.fixture(scope="module")
 def tiny_env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("env")
-    prepare_model({"source": "tiny", "seed": 0}, root / "model")
-    records = [{"instruction": f"Is {a} plus {b} even? Answer format: true/false", "input": "",
-                "output": f"the correct answer is {str((a + b) % 2 == 0).lower()}", "answer": ""}
-               for a in range(4) for b in range(4)]
-    (root / "train.json").write_text(json.dumps(records))
-    return root
+    return make_tiny_env(tmp_path_factory.mktemp("env"), [(a, b) for a in range(4) for b in range(4)])
 
 
 def run_cfg(env, name):

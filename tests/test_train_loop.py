@@ -7,8 +7,9 @@ import torch
 
 import baselines
 import harness.train as train_mod
-from harness.models import load_model, prepare_model
+from harness.models import load_model
 from harness.train import DivergedError, train
+from conftest import make_tiny_env
 
 torch.set_num_threads(1)
 LR = {"full_ft": 3e-3, "lora": 5e-2, "dora": 5e-2, "smt": 5e-2, "vera": 5e-2}
@@ -16,13 +17,7 @@ LR = {"full_ft": 3e-3, "lora": 5e-2, "dora": 5e-2, "smt": 5e-2, "vera": 5e-2}
 
 @pytest.fixture(scope="module")
 def tiny_env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("env")
-    prepare_model({"source": "tiny", "seed": 0}, root / "model")
-    records = [{"instruction": f"Is {a} plus {b} even? Answer format: true/false", "input": "",
-                "output": f"the correct answer is {str((a + b) % 2 == 0).lower()}", "answer": ""}
-               for a, b in [(1, 2), (2, 2), (3, 5), (4, 1), (6, 6), (7, 2), (8, 1), (9, 9)]]
-    (root / "train.json").write_text(json.dumps(records))
-    return root
+    return make_tiny_env(tmp_path_factory.mktemp("env"))
 
 
 def make_cfg(env, name, steps=12, **train):
