@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 import harness.profile as prof
-from harness.models import load_model
 from conftest import make_tiny_env
 
 torch.set_num_threads(1)
