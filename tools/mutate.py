@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import atexit
 import concurrent.futures as cf
 import dataclasses
 import io
@@ -417,6 +418,7 @@ def main(argv=None) -> int:
     tmp_src = None
     if args.rev and (args.generated or args.generated_only):  # generated spans must come from the revision's text
         tmp_src = pathlib.Path(tempfile.mkdtemp(prefix="mutate-src-"))
+        atexit.register(shutil.rmtree, tmp_src, True)  # also after --list / --check
         src_root = make_copy(tmp_src, args.rev)
     for entry in (spec.get("generate") or []) if (args.generated or args.generated_only) else []:
         mutants += generate(entry, src_root)
