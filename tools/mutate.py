@@ -284,6 +284,15 @@ def plant(text: str, m: Mutant) -> tuple[str | None, str]:
     return text.replace(orig, repl), ""
 
 
+def _compiles(text: str, name: str) -> None:
+    """compile() the mutated file (SyntaxError if it does not), without its warnings."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compile(text, name, "exec")
+
+
 def _indent(snippet: str, n: int) -> str:
     if not n:
         return snippet
@@ -321,7 +330,7 @@ class Worker:
         if mutated is None:
             return {**res, "status": "stale", "detail": why}
         try:
-            compile(mutated, m.file, "exec")
+            _compiles(mutated, m.file)
         except SyntaxError as err:
             return {**res, "status": "error", "detail": f"mutant does not compile: {err}"}
         path.write_text(mutated)
@@ -444,7 +453,7 @@ def main(argv=None) -> int:
                 (None, m.description) if m.generated and m.span is None else plant(text, m))
             if mutated is not None:
                 try:
-                    compile(mutated, m.file, "exec")
+                    _compiles(mutated, m.file)
                 except SyntaxError as err:
                     mutated, why = None, f"does not compile: {err}"
             if mutated is None:
