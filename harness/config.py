@@ -531,7 +531,10 @@ def resolve_run(config: dict, run_id: str) -> dict:
         "config_name": config["name"],
         "model": {"name": parts["model"], "path": model_dir(config, parts["model"]),
                   "dtype": model.get("dtype", "float32"), "device": "auto"},
-        "dataset": {"name": parts["dataset"], "path": train_set_path(config, parts["dataset"])},
+        # spec: what the prepared file must have been built from (the loop checks its meta), so a
+        # train.json prepared for another config's dataset of the same name is never used silently
+        "dataset": {"name": parts["dataset"], "path": train_set_path(config, parts["dataset"]),
+                    "spec": dataset_spec(config, parts["dataset"])},
         "method": _method_cfg(config, parts["method"], parts["model"], parts["dataset"], parts["budget"]),
         "budget": None if parts["budget"] is None else round(parts["budget"] / 100.0, 10),
         "placement": {"name": parts["placement"], "target_modules": target_modules(place),

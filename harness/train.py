@@ -40,7 +40,7 @@ import torch
 import baselines
 from baselines.base import WARMUP_WEIGHTS, StaleResumeError
 from harness import launch
-from harness.data import read_records
+from harness.data import DataError, meta_path, read_records
 from harness.loss import causal_lm_loss, n_answer_tokens
 from harness.models import load_model
 from harness.prompts import tokenize_example
@@ -102,6 +102,23 @@ def has_answer(example: dict) -> bool:
     return any(label != -100 for label in example["labels"][1:])
 
 
+def check_prepared_spec(path: pathlib.Path, spec: dict | None) -> None:
+    """The prepared set at `path` must have been built from `spec` (its meta's `spec`).
+
+    Prepared files live at resources/data/<dataset>/train.json whatever the config, and Snakemake
+    keeps a file it did not make (or whose metadata it lost) as up to date: without this check a
+    run would train on another config's data of the same dataset name and record it as its own.
+    """
+    meta_file = meta_path(path)
+    if spec is None or not meta_file.is_file():
+        return
+    prepared = read_json(meta_file, "prepared training set meta").get("spec")
+    if prepared is not None and prepared != spec:
+        raise DataError(f"{path} was prepared from dataset spec {prepared}, but this run's config asks "
+                        f"for {spec}; delete {path} (and its .meta.json) and rerun, or run snakemake with "
+                        f"--forcerun {path}")
+
+
 def load_data(run_cfg: dict, tokenizer) -> TrainData:
     """Tokenize run_cfg's prepared training set, drop examples with no answer token left after
     train.cutoff_len, and hold out train.val_records of them for validation.
@@ -115,9 +132,12 @@ def load_data(run_cfg: dict, tokenizer) -> TrainData:
                                 "(harness.data.prepare_train_set) first")
     try:
         records = read_records(path)
+    except DataError:  # names the file and the fix already (modified, corrupt, miscounted)
+        raise
     except (ValueError, UnicodeDecodeError) as err:
         raise ValueError(f"training set {path} is not valid JSON ({err}); delete it and rerun the "
                          "prepare_data step") from err
+    check_prepared_spec(path, run_cfg["dataset"].get("spec"))
     if not records:
         raise ValueError(f"training set {path} holds no records; check datasets.<name> in the config "
                          "and rerun the prepare_data step")

@@ -202,3 +202,24 @@ def test_sigterm_interrupts_the_job_and_keeps_checkpoints(tiny_env, tmp_path):
     assert record(out)["run_info"]["status"] == "interrupted"
     assert (out / CKPT_DIR / CKPT_FILE).is_file()
     assert [a["status"] for a in read_attempts(out)] == ["interrupted"]
+
+
+# ---- the prepared training set must be the one the config asks for ---------------------------
+def test_a_training_set_prepared_from_another_spec_is_refused(tiny_env, tmp_path):
+    """resources/data/<dataset>/train.json is shared by every config naming that dataset, and
+    Snakemake keeps a file it did not make as up to date: the loop checks the meta's spec."""
+    from harness.data import prepare_train_set
+
+    from conftest import MIRROR, needs_mirror  # noqa: F401
+    if not (MIRROR / "llm-adapters").is_dir():
+        pytest.skip(f"offline data mirror not found at {MIRROR}; set SMT_DATA_ROOT")
+    spec = {"name": "commonsense_mirror", "max_records": 40, "seed": 0}
+    data = tmp_path / "data" / "train.json"
+    prepare_train_set(spec, str(MIRROR), data)
+    cfg = make_cfg(tiny_env, "lora", steps=2)
+    cfg["dataset"] = {"name": "commonsense", "path": str(data), "spec": dict(spec, max_records=80)}
+    with pytest.raises(ValueError, match=r"prepared from dataset spec .*max_records': 40.*--forcerun"):
+        train(cfg, tmp_path / "other")
+    assert record(tmp_path / "other")["run_info"]["status"] == "failed"
+    train_mod.check_prepared_spec(data, spec)  # the spec it was prepared from passes
+    train_mod.check_prepared_spec(data, None)  # a run_cfg without a spec (library use) is not checked
