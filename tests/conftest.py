@@ -63,3 +63,25 @@ def make_tiny_env(root, pairs=PARITY_PAIRS) -> pathlib.Path:
     prepare_model({"source": "tiny", "seed": 0}, root / "model")
     (root / "train.json").write_text(json.dumps(parity_records(pairs)))
     return root
+
+
+def tiny_run_cfg(env, name, lr, *, run_id=None, smt_warmup=2, deviations=(), method=None, **train) -> dict:
+    """A resolved run_cfg (docs/ARCHITECTURE.md) training method `name` on make_tiny_env's model
+    and parity set: Q/K/V placement, budget 5 % (full FT: all), seed 0; SMT with 16 x 16 blocks and
+    `smt_warmup` full-FT warm-up steps. `method` adds method keys, `train` overrides train keys."""
+    spec = {"name": name, "lr": lr}
+    if name == "smt":
+        spec.update(block_size=16, warmup_steps=smt_warmup, warmup_mode="full_ft", scoring="mean_abs")
+    spec.update(method or {})
+    env = pathlib.Path(env)
+    return {"run_id": run_id or f"tiny/{name}",
+            "model": {"name": "tiny", "path": str(env / "model"), "dtype": "float32", "device": "cpu"},
+            "dataset": {"name": "toy", "path": str(env / "train.json")}, "method": spec,
+            "budget": None if name == "full_ft" else 0.05,
+            "placement": {"name": "qkv", "target_modules": ["q_proj", "k_proj", "v_proj"], "quotas": None},
+            "seed": 0,
+            "train": {"max_steps": 10, "epochs": None, "micro_batch_size": 4, "grad_accum": 1,
+                      "lr_scheduler": "linear", "warmup_steps": 2, "weight_decay": 0.0, "max_grad_norm": 1.0,
+                      "cutoff_len": 320, "train_on_inputs": False, "add_eos_token": True,
+                      "checkpoint_every": None, "threads": 1, "log_every": 1, **train},
+            "deviations": list(deviations)}

@@ -11,6 +11,7 @@ import baselines
 from harness.evaluate import evaluate_model, evaluate_run, extract_answer, is_correct, response_text, score
 from harness.models import load_model, prepare_model
 from harness.train import train
+from conftest import tiny_run_cfg
 
 torch.set_num_threads(1)
 MIRROR = pathlib.Path(os.environ.get("SMT_DATA_ROOT", pathlib.Path(__file__).resolve().parents[1] / "../shared/data"))
@@ -21,20 +22,8 @@ RECORDS = [{"instruction": "Is water wet? Answer format: true/false", "input": "
 
 
 def run_cfg(env, name):
-    method = {"name": name, "lr": 0.05 if name != "full_ft" else 5e-3}
-    if name == "smt":
-        method.update(block_size=16, warmup_steps=2, warmup_mode="full_ft", scoring="mean_abs")
-    return {"run_id": f"bite/{name}", "model": {"name": "tiny", "path": str(env / "model"), "dtype": "float32",
-                                                "device": "cpu"},
-            "dataset": {"name": "toy", "path": str(env / "train.json")}, "method": method,
-            "budget": None if name == "full_ft" else 0.05,
-            "placement": {"name": "qkv", "target_modules": ["q_proj", "k_proj", "v_proj"], "quotas": None},
-            "seed": 0,
-            "train": {"max_steps": 8, "epochs": None, "micro_batch_size": 2, "grad_accum": 1,
-                      "lr_scheduler": "linear", "warmup_steps": 0, "weight_decay": 0.0, "max_grad_norm": 1.0,
-                      "cutoff_len": 320, "train_on_inputs": False, "add_eos_token": True,
-                      "checkpoint_every": None, "threads": 1, "log_every": 1},
-            "deviations": []}
+    return tiny_run_cfg(env, name, 0.05 if name != "full_ft" else 5e-3, run_id=f"bite/{name}",
+                        max_steps=8, micro_batch_size=2, warmup_steps=0)
 
 
 EVAL = {"suite": "bite", "tasks": ["boolq"], "limit": 3, "batch_size": 3, "max_new_tokens": 8}

@@ -52,24 +52,13 @@ def case_cfg(env, case, accum):
 
 def make_cfg(env, name, accum, micro=2):
     import baselines
-    method = {"name": name, "lr": LR.get(name, 5e-2)}
-    fields = {f.name for f in dataclasses.fields(getattr(baselines.get_method(name), "Settings", object))} \
-        if dataclasses.is_dataclass(getattr(baselines.get_method(name), "Settings", None)) else set()
-    if "dropout" in fields:
-        method["dropout"] = 0.0      # dropout draws different random numbers per process
-    if name == "smt":
-        method.update(block_size=16, warmup_steps=SMT_WARMUP, warmup_mode="full_ft", scoring="mean_abs")
-    return {"run_id": f"tiny/{name}", "model": {"name": "tiny", "path": str(env / "model"), "dtype": "float32",
-                                                "device": "cpu"},
-            "dataset": {"name": "toy", "path": str(env / "train.json")}, "method": method,
-            "budget": None if name == "full_ft" else 0.05,
-            "placement": {"name": "qkv", "target_modules": ["q_proj", "k_proj", "v_proj"], "quotas": None},
-            "seed": 0,
-            "train": {"max_steps": STEPS, "epochs": None, "micro_batch_size": micro, "grad_accum": accum,
-                      "lr_scheduler": "linear", "warmup_steps": 1, "weight_decay": 0.0, "max_grad_norm": 1.0,
-                      "cutoff_len": 320, "train_on_inputs": False, "add_eos_token": True,
-                      "checkpoint_every": None, "threads": 1, "log_every": 1},
-            "deviations": ["tiny test run"]}
+    from conftest import tiny_run_cfg
+    settings = getattr(baselines.get_method(name), "Settings", None)
+    fields = {f.name for f in dataclasses.fields(settings)} if dataclasses.is_dataclass(settings) else set()
+    extra = {"dropout": 0.0} if "dropout" in fields else {}  # dropout draws different random numbers per process
+    return tiny_run_cfg(env, name, LR.get(name, 5e-2), smt_warmup=SMT_WARMUP, method=extra,
+                        deviations=["tiny test run"], max_steps=STEPS, micro_batch_size=micro, grad_accum=accum,
+                        warmup_steps=1)
 
 
 def _capture_smt():

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import harness.profile as prof
-from conftest import make_tiny_env
+from conftest import make_tiny_env, tiny_run_cfg
 
 torch.set_num_threads(1)
 METHODS = ["full_ft", "smt", "lora", "dora"]
@@ -20,20 +20,7 @@ def tiny_env(tmp_path_factory):
 
 
 def run_cfg(env, name):
-    method = {"name": name, "lr": 1e-3}
-    if name == "smt":
-        method.update(block_size=16, warmup_steps=2, warmup_mode="full_ft", scoring="mean_abs")
-    return {"run_id": f"tiny/{name}", "model": {"name": "tiny", "path": str(env / "model"), "dtype": "float32",
-                                                "device": "cpu"},
-            "dataset": {"name": "toy", "path": str(env / "train.json")}, "method": method,
-            "budget": None if name == "full_ft" else 0.05,
-            "placement": {"name": "qkv", "target_modules": ["q_proj", "k_proj", "v_proj"], "quotas": None},
-            "seed": 0,
-            "train": {"max_steps": 10, "epochs": None, "micro_batch_size": 4, "grad_accum": 1,
-                      "lr_scheduler": "linear", "warmup_steps": 2, "weight_decay": 0.0, "max_grad_norm": 1.0,
-                      "cutoff_len": 320, "train_on_inputs": False, "add_eos_token": True,
-                      "checkpoint_every": None, "threads": 1, "max_train_records": None, "log_every": 1},
-            "deviations": []}
+    return tiny_run_cfg(env, name, 1e-3)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import baselines
 import harness.train as train_mod
 from harness.models import load_model
 from harness.train import DivergedError, train
-from conftest import make_tiny_env
+from conftest import make_tiny_env, tiny_run_cfg
 
 torch.set_num_threads(1)
 LR = {"full_ft": 3e-3, "lora": 5e-2, "dora": 5e-2, "smt": 5e-2, "vera": 5e-2}
@@ -21,21 +21,7 @@ def tiny_env(tmp_path_factory):
 
 
 def make_cfg(env, name, steps=12, **train):
-    method = {"name": name, "lr": LR[name]}
-    if name == "smt":
-        method.update(block_size=16, warmup_steps=3, warmup_mode="full_ft", scoring="mean_abs")
-    return {"run_id": f"tiny/{name}", "model": {"name": "tiny", "path": str(env / "model"), "dtype": "float32",
-                                                "device": "cpu"},
-            "dataset": {"name": "toy", "path": str(env / "train.json")}, "method": method,
-            "budget": None if name == "full_ft" else 0.05,
-            "placement": {"name": "qkv", "target_modules": ["q_proj", "k_proj", "v_proj"], "quotas": None},
-            "seed": 0,
-            "train": {"max_steps": steps, "epochs": None, "micro_batch_size": 4, "grad_accum": 1,
-                      "lr_scheduler": "linear", "warmup_steps": 2, "weight_decay": 0.0, "max_grad_norm": 1.0,
-                      "cutoff_len": 320, "train_on_inputs": False, "add_eos_token": True,
-                      "checkpoint_every": None, "threads": 1, "log_every": 1,
-                      **train},
-            "deviations": ["tiny test run"]}
+    return tiny_run_cfg(env, name, LR[name], smt_warmup=3, deviations=["tiny test run"], max_steps=steps, **train)
 
 
 def batch_loss(model, tok, env):
