@@ -203,6 +203,15 @@ def _check_references(config: dict) -> None:
             _need(config, "placements", place, f"{where}.placements")
         if "method" in exp:
             _need(config, "methods", exp["method"], f"{where}.method")
+        stray = [s for s in exp.get("seeds", []) if s not in config["seeds"]]
+        if stray:
+            raise ConfigError(f"{where}.seeds: {stray} not in seeds {config['seeds']}; an experiment runs a "
+                              "subset of the config's seeds (add them to `seeds:` or drop them here)")
+    t2, sweep = config["experiments"]["table2"], config["experiments"]["table3"]
+    stray = [b for b in t2.get("budgets", []) if float(b) not in {float(x) for x in sweep["budgets"]}]
+    if stray:
+        raise ConfigError(f"experiments.table2.budgets: {stray} are not budgets of the sweep (experiments.table3."
+                          f"budgets {sweep['budgets']}); Table 2 picks its rows from the sweep's budgets")
     if config["experiments"]["table2"]["full_ft"]:
         _need(config, "methods", FULL_FT, "experiments.table2.full_ft")
     if config["experiments"]["table5"]["smt_best_budgets"]:
@@ -317,9 +326,10 @@ def parse_run_id(run_id: str) -> dict:
             "placement": placement, "seed": int(seed[1:])}
 
 
-def _run(config, model, dataset, method, budget, placement=None):
+def _run(config, model, dataset, method, budget, placement=None, seeds=None):
+    """Run ids of one configuration, one per seed (an experiment's `seeds`, else the config's)."""
     placement = placement or method_entry(config, method)["placement"]
-    return [make_run_id(model, dataset, method, budget, placement, s) for s in config["seeds"]]
+    return [make_run_id(model, dataset, method, budget, placement, s) for s in seeds or config["seeds"]]
 
 
 def models_of(config: dict, target: str) -> list[str]:
@@ -353,13 +363,13 @@ def _profiles_only(config, exp):
 
 @target("figure_val_loss", source="table3")
 @target("table3", "figure3")
-def _sweep(config, exp, models=None):
+def _sweep(config, exp, models=None, budgets=None, seeds=None):
     sweep = config["experiments"]["table3"]
     runs = []
     for model in models or sweep["models"]:
         for method in sweep["methods"]:
-            for budget in sweep["budgets"]:
-                runs += _run(config, model, sweep["dataset"], method, budget)
+            for budget in budgets or sweep["budgets"]:
+                runs += _run(config, model, sweep["dataset"], method, budget, seeds=seeds or sweep.get("seeds"))
     return runs
 
 
@@ -368,13 +378,15 @@ def _sweep(config, exp, models=None):
 def _table2(config, exp):
     sweep, runs = config["experiments"]["table3"], []
     for model in models_of(config, "table2"):
-        runs += _sweep(config, exp, [model])
+        # Table 2 may read only some of the sweep's budgets, with its own seeds (default: the
+        # config's): a cheap one-seed sweep for the plateau, three seeds where the methods meet
+        runs += _sweep(config, exp, [model], budgets=exp.get("budgets"), seeds=exp.get("seeds") or config["seeds"])
         if exp["full_ft"]:
-            runs += _run(config, model, sweep["dataset"], FULL_FT, None)
+            runs += _run(config, model, sweep["dataset"], FULL_FT, None, seeds=exp.get("seeds"))
     for extra in exp.get("extra", []):  # rows at budgets outside the sweep (e.g. DoRA's best)
         for method in extra["methods"]:
             for budget in extra["budgets"]:
-                runs += _run(config, extra["model"], sweep["dataset"], method, budget)
+                runs += _run(config, extra["model"], sweep["dataset"], method, budget, seeds=exp.get("seeds"))
     return runs
 
 
@@ -383,7 +395,8 @@ def _table2(config, exp):
 @target("table4", "table6")
 def _placements(config, exp):
     return [r for place in exp["placements"]
-            for r in _run(config, exp["model"], exp["dataset"], exp.get("method", "smt"), exp["budget"], place)]
+            for r in _run(config, exp["model"], exp["dataset"], exp.get("method", "smt"), exp["budget"], place,
+                          seeds=exp.get("seeds"))]
 
 
 @target("table5")
@@ -391,21 +404,23 @@ def _table5(config, exp):
     runs = []
     for method in exp["methods"]:
         for budget in exp["budgets"]:
-            runs += _run(config, exp["model"], exp["dataset"], method, budget)
+            runs += _run(config, exp["model"], exp["dataset"], method, budget, seeds=exp.get("seeds"))
     for budget in exp["smt_best_budgets"]:
-        runs += _run(config, exp["model"], exp["dataset"], "smt", budget)
+        runs += _run(config, exp["model"], exp["dataset"], "smt", budget, seeds=exp.get("seeds"))
     return runs
 
 
 @target("figure4", "figure5")
 def _one_smt_run(config, exp):
-    return _run(config, exp["model"], exp["dataset"], exp.get("method", "smt"), exp["budget"], exp["placement"])
+    return _run(config, exp["model"], exp["dataset"], exp.get("method", "smt"), exp["budget"], exp["placement"],
+                seeds=exp.get("seeds"))
 
 
 @target("table7")
 def _ablation(config, exp):
     return [r for method in exp["methods"]
-            for r in _run(config, exp["model"], exp["dataset"], method, exp["budget"], exp["placement"])]
+            for r in _run(config, exp["model"], exp["dataset"], method, exp["budget"], exp["placement"],
+                          seeds=exp.get("seeds"))]
 
 
 @target("figure7")

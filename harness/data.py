@@ -422,7 +422,9 @@ def prepare_train_set(spec: dict, data_root, out_path, eval_limit=None) -> dict:
 
     spec: {"name": one of TRAIN_SETS, "max_records": int | None, "seed": int,
     "sources": [...] (mirror sets only), "shuffle": bool (default True),
-    "carve": {"tasks": [...], "offset": int, "max_per_task": int | None} (optional)}.
+    "carve": {"tasks": [...], "offset": int, "max_per_task": int | None} (optional),
+    "max_per_source": int | None (a seeded sample of at most this many records per mirror
+    source, before the mixture is cut, so that a long set such as BoolQ does not dominate)}.
 
     Records of all sources (and, with `carve`, the records of each listed test set from index
     `carve.offset` on: evaluation reads the first `eval.<suite>.limit` records, so they never
@@ -439,9 +441,14 @@ def prepare_train_set(spec: dict, data_root, out_path, eval_limit=None) -> dict:
         entry = fetch_file(relpath, data_root)
         raw = read_records(entry["path"])
         part = check_records([convert(r) for r in raw], relpath)
+        read = len(part)
+        if spec.get("max_per_source") is not None and len(part) > int(spec["max_per_source"]):
+            pick = sorted(random.Random(f"{spec.get('seed', 0)}:{label}").sample(range(len(part)),
+                                                                            int(spec["max_per_source"])))
+            part = [part[i] for i in pick]
         records += part
         labels += [label] * len(part)
-        sources.append({**entry, "source": label, "records": len(part)})
+        sources.append({**entry, "source": label, "records": read, "sampled": len(part)})
     carved, carve_dropped = [], 0
     if spec.get("carve"):
         extra, extra_labels, carved, carve_dropped = _carve(spec, data_root)

@@ -42,6 +42,9 @@ DAGGER = "†"
 N_BOOT = 2000
 BOOT_SEED = 0
 PRIOR_ROW = "label prior"
+VAL_LOSS_NOTE = ("val loss: final validation loss on the answer tokens of train.val_records held-out training "
+                 "records (the same records for every run), mean over seeds (lowest–highest seed); lower is "
+                 "better, a continuous signal beside accuracy")
 DAGGER_NOTE = (f"{DAGGER} degenerate predictions on that task: one answer for >= 90 % of the examples "
                "(in at least one seed); the accuracy there is mostly the share of that label")
 
@@ -357,8 +360,22 @@ def method_row(ctx: Ctx, label: dict, group: Group | None, tasks: list[str], pri
     row["n"] = group.avg["n"] if group.avg else 0
     row["seeds"] = group.seeds_text()
     row["vs prior"] = fmt_diff(paired(group, prior, ctx.notes))
+    row["val loss"] = fmt_val_loss(group)
+    if row["val loss"] != "-":
+        ctx.notes.mark(VAL_LOSS_NOTE)
     row["_group"] = group
     return row
+
+
+def fmt_val_loss(group: Group) -> str:
+    """Final validation loss (answer tokens of the same held-out records for every run): the mean
+    over seeds, with the lowest and highest seed when there are several; '-' when not recorded."""
+    vals = [r.record.get("train_info", {}).get("final_val_loss") for r in group.ok]
+    vals = [float(v) for v in vals if v is not None]
+    if not vals:
+        return "-"
+    mean = sum(vals) / len(vals)
+    return f"{mean:.4f}" if len(vals) == 1 else f"{mean:.4f} ({min(vals):.4f}–{max(vals):.4f})"
 
 
 def prior_row(ctx: Ctx, label: dict, prior: list[dict] | None, tasks: list[str]) -> dict:

@@ -108,3 +108,34 @@ def test_eval_cfg_and_data_root(monkeypatch):
     assert ev["suite"] == "commonsense" and len(ev["tasks"]) == 8 and ev["limit"] == cfg["eval"]["commonsense"]["limit"]
     monkeypatch.setenv("SMT_DATA_ROOT", "/data/mirror")
     assert hc.data_root(cfg) == "/data/mirror"
+
+
+def test_experiment_seeds_and_table2_budgets(raw):
+    """A one-seed sweep for the plateau, three seeds where Table 2's methods meet."""
+    cfg = copy.deepcopy(raw)
+    cfg["seeds"] = [0, 1, 2]
+    cfg["experiments"]["table3"]["seeds"] = [0]
+    cfg["experiments"]["table2"]["budgets"] = [2.0]
+    cfg["experiments"]["table6"]["seeds"] = [1]
+    cfg = hc.load_config(cfg)
+    sweep = hc.expand_runs(cfg, "table3")
+    assert {hc.parse_run_id(r)["seed"] for r in sweep} == {0} and len(sweep) == 3 * 2
+    t2 = [hc.parse_run_id(r) for r in hc.expand_runs(cfg, "table2")]
+    assert {(p["method"], p["budget"]) for p in t2} == {("lora", 2.0), ("dora", 2.0), ("smt", 2.0),
+                                                      ("full_ft", None)}
+    assert sorted(p["seed"] for p in t2 if p["method"] == "smt") == [0, 1, 2]
+    assert sorted(p["seed"] for p in t2 if p["method"] == "full_ft") == [0, 1, 2]
+    assert {hc.parse_run_id(r)["seed"] for r in hc.expand_runs(cfg, "table6")} == {1}
+    everything = hc.expand_runs(cfg, "all")
+    assert len(everything) == len(set(everything))
+
+
+def test_experiment_seeds_outside_config_seeds_are_named(raw):
+    bad = copy.deepcopy(raw)
+    bad["experiments"]["table4"]["seeds"] = [0, 5]
+    with pytest.raises(hc.ConfigError, match=r"experiments\.table4\.seeds: \[5\] not in seeds \[0\]"):
+        hc.load_config(bad)
+    bad = copy.deepcopy(raw)
+    bad["experiments"]["table2"]["budgets"] = [3.0]
+    with pytest.raises(hc.ConfigError, match=r"experiments\.table2\.budgets: \[3\.0\] are not budgets of the sweep"):
+        hc.load_config(bad)

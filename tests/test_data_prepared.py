@@ -33,6 +33,28 @@ def test_a_300_record_subset_mixes_every_source_in_proportion(data_root, tmp_pat
     assert [s["kept"] for s in meta["sources"]] == [counts[t] for t in CS_SOURCES]
 
 
+def test_max_per_source_balances_the_mixture(data_root, tmp_path):
+    """max_per_source samples each source down before the mixture: BoolQ no longer dominates."""
+    spec = {"name": "commonsense_mirror", "max_records": None, "seed": 3, "max_per_source": 200}
+    meta = data.prepare_train_set(spec, data_root, tmp_path / "t.json")
+    records = json.loads((tmp_path / "t.json").read_text())
+    pools = {t: {(r["instruction"], r["output"]) for r in
+                 data.read_records(data_root / f"llm-adapters/dataset/{t}/train.json")} for t in CS_SOURCES}
+    counts = {t: 0 for t in CS_SOURCES}
+    for rec in records:
+        counts[_source_of(rec, pools)] += 1
+    assert counts == {t: 200 for t in CS_SOURCES} == meta["records_by_source"]
+    assert [(s["records"], s["sampled"]) for s in meta["sources"]] == [(n, 200) for n in CS_SOURCES.values()]
+    again = data.prepare_train_set(spec, data_root, tmp_path / "u.json")
+    assert again["sha256"] == meta["sha256"]  # the sample is seeded
+    other = data.prepare_train_set({**spec, "seed": 4}, data_root, tmp_path / "v.json")
+    assert other["sha256"] != meta["sha256"]
+    # not the first 200 of each file: a sample over the whole source
+    boolq = data.read_records(data_root / "llm-adapters/dataset/boolq/train.json")
+    head = {(r["instruction"], r["output"]) for r in boolq[:200]}
+    assert len(head & {(r["instruction"], r["output"]) for r in records}) < 50
+
+
 def test_prepared_file_is_verified_against_its_meta(data_root, tmp_path):
     out = tmp_path / "train.json"
     meta = data.prepare_train_set({"name": "commonsense_mirror", "max_records": 20, "seed": 0}, data_root, out)

@@ -261,3 +261,17 @@ def test_equal_methods_are_shown_as_a_tie_not_a_best(tmp_path, cfg):
     df = report.make_table("table6", cfg, write_runs(tmp_path / "b", cfg, hc.expand_runs(cfg, "table6"), better),
                            tmp_path / "t6b")
     assert list(df.best[:4]) == ["", "", "best", ""]
+
+
+def test_val_loss_column_is_the_mean_and_range_over_seeds(tmp_path, cfg):
+    rids = hc.expand_runs(cfg, "table2")
+    vals = {r: {"final_val_loss": 0.5 + 0.01 * i} for i, r in enumerate(rids)}
+    df = report.make_table("table2", cfg, write_runs(tmp_path, cfg, rids, train_info=vals), tmp_path / "t2")
+    rows = df.set_index("Method")
+    smt = [vals[r]["final_val_loss"] for r in _seeds(cfg, "tiny", "commonsense", "smt", 4.0)]
+    assert rows.loc["SMT (Best)", "val loss"] == \
+        f"{sum(smt) / len(smt):.4f} ({min(smt):.4f}–{max(smt):.4f})"
+    assert report.VAL_LOSS_NOTE in df.attrs["footnotes"]
+    assert rows.loc["label prior", "val loss"] == ""
+    plain = report.make_table("table2", cfg, write_runs(tmp_path / "b", cfg, rids), tmp_path / "u2")
+    assert set(plain["val loss"]) <= {"-", ""} and report.VAL_LOSS_NOTE not in plain.attrs["footnotes"]
