@@ -468,16 +468,22 @@ def _table2(ctx: Ctx) -> pd.DataFrame:
         baselines = [m for m in dict.fromkeys(methods) if m != "smt" and any(r.method == m for r in mruns)
                      or (m in sweep["methods"] and m != "smt")]
         best = {m: best_group(ctx.groups([r for r in mruns if r.method == m], dataset)) for m in baselines}
+        # with one budget (experiments.table2.budgets) there is no "best" to pick: the rows say
+        # the budget, and SMT is one row that each baseline is compared with
+        single = len(ctx.exp.get("budgets") or []) == 1 and not extra
+        at = f" ({float(ctx.exp['budgets'][0]):.2f} %)" if single else " (Best)"
         for m in baselines:
-            block.append(method_row(ctx, {"Model": model, "Method": f"{method_label(ctx.config, m)} (Best)"},
+            block.append(method_row(ctx, {"Model": model, "Method": f"{method_label(ctx.config, m)}{at}"},
                                     best[m], tasks, prior))
         smt_at = {}
         for m in baselines:
             smt_at[m] = closest_budget(smt_groups, best[m].reached if best[m] else None)
-            block.append(method_row(ctx, {"Model": model, "Method": f"SMT (at {method_label(ctx.config, m)} best budget)"},
-                                    smt_at[m], tasks, prior))
+            if not single:
+                block.append(method_row(ctx, {"Model": model,
+                                              "Method": f"SMT (at {method_label(ctx.config, m)} best budget)"},
+                                        smt_at[m], tasks, prior))
         smt_best = best_group(smt_groups)
-        block.append(method_row(ctx, {"Model": model, "Method": "SMT (Best)"}, smt_best, tasks, prior))
+        block.append(method_row(ctx, {"Model": model, "Method": f"SMT{at}"}, smt_best, tasks, prior))
         full = [r for r in mruns if r.method == hc.FULL_FT]
         if ctx.exp.get("full_ft", True) and (full or hc.FULL_FT in ctx.config["methods"]):
             block.append(method_row(ctx, {"Model": model, "Method": method_label(ctx.config, hc.FULL_FT)},

@@ -275,3 +275,20 @@ def test_val_loss_column_is_the_mean_and_range_over_seeds(tmp_path, cfg):
     assert rows.loc["label prior", "val loss"] == ""
     plain = report.make_table("table2", cfg, write_runs(tmp_path / "b", cfg, rids), tmp_path / "u2")
     assert set(plain["val loss"]) <= {"-", ""} and report.VAL_LOSS_NOTE not in plain.attrs["footnotes"]
+
+
+def test_table2_at_one_budget_names_it_and_compares_each_baseline_with_the_one_smt_row(tmp_path):
+    raw = hc.load_config(hc.REPO_ROOT / "config/test.yaml")
+    cfg = hc.load_config({**raw, "seeds": [0, 1],
+                          "experiments": {**raw["experiments"], "table2": {**raw["experiments"]["table2"],
+                                                                           "budgets": [2.0]}}})
+    rids = hc.expand_runs(cfg, "table2")
+    df = report.make_table("table2", cfg, write_runs(tmp_path, cfg, rids), tmp_path / "t2")
+    lab = lambda m: report.method_label(cfg, m)  # noqa: E731
+    assert list(df.Method) == [f"{lab('lora')} (2.00 %)", f"{lab('dora')} (2.00 %)", "SMT (2.00 %)",
+                               lab("full_ft"), "label prior"]
+    rows = df.set_index("Method")
+    smt, _ = macro(tmp_path, _seeds(cfg, "tiny", "commonsense", "smt", 2.0))
+    for m in ("lora", "dora"):
+        other, _ = macro(tmp_path, _seeds(cfg, "tiny", "commonsense", m, 2.0))
+        assert float(rows.loc[f"{lab(m)} (2.00 %)", "SMT − this"].split()[0]) == pytest.approx(smt - other, abs=0.051)
