@@ -44,7 +44,9 @@ BOOT_SEED = 0
 PRIOR_ROW = "label prior"
 VAL_LOSS_NOTE = ("val loss: final validation loss on the answer tokens of train.val_records held-out training "
                  "records (the same records for every run), mean over seeds (lowest–highest seed); lower is "
-                 "better, a continuous signal beside accuracy")
+                 "better, a continuous signal beside accuracy. On the label-prior row: the loss of a model "
+                 "that predicts the template exactly and each label by its training frequency; a run at or "
+                 "above it has learned nothing about the questions")
 DAGGER_NOTE = (f"{DAGGER} degenerate predictions on that task: one answer for >= 90 % of the examples "
                "(in at least one seed); the accuracy there is mostly the share of that label")
 
@@ -388,6 +390,11 @@ def prior_row(ctx: Ctx, label: dict, prior: list[dict] | None, tasks: list[str])
                           "spread": 0.0})
     row["AVG"] = fmt_est(stats.estimate(prior, n_boot=N_BOOT, seed=BOOT_SEED))
     row.update({"n": int(sum(len(v) for v in prior[0].values())), "seeds": "-", "vs prior": "-"})
+    # the validation loss a label-prior-only model would have (train_info.val_prior_loss): the
+    # level a run's "val loss" must go below before it has learned anything about the questions
+    levels = {r.record.get("train_info", {}).get("val_prior_loss") for r in ctx.runs} - {None}
+    if len(levels) == 1:
+        row["val loss"] = f"{levels.pop():.4f}"
     return row
 
 
@@ -892,8 +899,10 @@ def val_loss_frame(ctx: Ctx) -> pd.DataFrame:
         for point in r.record.get("train_info", {}).get("val_curve") or []:
             rows.append({"run_id": r.run_id, "model": r.parts["model"], "method": r.method,
                          "label": method_label(ctx.config, r.method), "budget": r.parts["budget"],
-                         "seed": r.parts["seed"], "step": point["step"], "val_loss": point["val_loss"]})
-    return pd.DataFrame(rows, columns=["run_id", "model", "method", "label", "budget", "seed", "step", "val_loss"])
+                         "seed": r.parts["seed"], "step": point["step"], "val_loss": point["val_loss"],
+                         "prior_level": r.record.get("train_info", {}).get("val_prior_loss")})
+    return pd.DataFrame(rows, columns=["run_id", "model", "method", "label", "budget", "seed", "step", "val_loss",
+                                       "prior_level"])
 
 
 @figure("figure_val_loss", "Validation loss (answer tokens of a held-out part of the training data) against step")
@@ -910,12 +919,15 @@ def _figure_val_loss(ctx: Ctx):
         sub = frame[frame.method == method]
         for run_id, g in sub.groupby("run_id", sort=False):
             ax.plot(g.step, g.val_loss, marker=".", label=f"b{g.budget.iloc[0]} s{g.seed.iloc[0]}")
+        for level in sorted(set(sub.prior_level.dropna())):
+            ax.axhline(level, color="grey", linestyle="--", linewidth=1, label=f"label prior {level:.3f}")
         ax.set_title(sub.label.iloc[0])
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("validation loss")
-    return fig, frame, f"one line per run ({frame.run_id.nunique()} runs)"
+    return fig, frame, (f"one line per run ({frame.run_id.nunique()} runs); dashed: the validation loss of a "
+                        "label-prior-only model (template exact, label by training frequency)")
 
 
 def pareto_frame(ctx: Ctx) -> pd.DataFrame:

@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections import Counter
 import datetime
 import logging
 import math
 import os
 import pathlib
 import random
+import re
 import resource
 import shutil
 import time
@@ -95,6 +97,7 @@ class TrainData:
     n_records: int
     n_dropped_no_answer: int
     val_indices: list  # indices (into the cleaned records) of the held-out records
+    val_prior_loss: float | None = None  # the validation loss of a label-prior-only model
 
 
 def has_answer(example: dict) -> bool:
@@ -159,8 +162,45 @@ def load_data(run_cfg: dict, tokenizer) -> TrainData:
                          "examples with an answer; lower train.val_records or prepare more records")
     held = sorted(random.Random(VAL_SPLIT_SEED).sample(range(len(kept)), n_val)) if n_val else []
     held_set = set(held)
+    kept_records = [r for r, e in zip(records, tokenized) if has_answer(e)]
+    prior = prior_val_loss([r for i, r in enumerate(kept_records) if i not in held_set],
+                           [kept_records[i] for i in held], [kept[i] for i in held])
     return TrainData(train=[e for i, e in enumerate(kept) if i not in held_set], val=[kept[i] for i in held],
-                     n_records=len(records), n_dropped_no_answer=dropped, val_indices=held)
+                     n_records=len(records), n_dropped_no_answer=dropped, val_indices=held,
+                     val_prior_loss=prior)
+
+
+_ANSWER = re.compile(r"the correct answer is (\S+?)\.?\s*$", re.I)
+_FORMAT = re.compile(r"Answer format: ?([\w/ ]+)")
+
+
+def prior_val_loss(train_records: list, val_records: list, val_examples: list) -> float | None:
+    """The validation loss of a model that knows nothing but the label prior: every template
+    token and EOS predicted with certainty, the label drawn from the training frequencies of its
+    answer format ("solution1/solution2", "true/false", ...). Token-weighted like the validation
+    loss itself, so a run whose validation loss stays at or above this value has learned the
+    format and the label shares, nothing about the questions. None for sets whose answers are not
+    "the correct answer is <label>" (arithmetic) or when nothing is held out."""
+    def key(record):
+        answer, fmt = _ANSWER.search(str(record.get("output", ""))), _FORMAT.search(str(record.get("instruction", "")))
+        return (fmt.group(1).strip() if fmt else None, answer.group(1).lower()) if answer else None
+
+    if not val_records or any(key(r) is None for r in val_records):
+        return None
+    counts: dict = {}
+    for r in train_records:
+        k = key(r)
+        if k is not None:
+            counts.setdefault(k[0], Counter())[k[1]] += 1
+    total = 0.0
+    for r in val_records:
+        fmt, label = key(r)
+        seen = counts.get(fmt, Counter())
+        n_labels = max(len(seen), len(fmt.split("/")) if fmt else 1)
+        # add-one smoothing over the format's labels: a label never seen in training is not infinite
+        total -= math.log((seen[label] + 1) / (sum(seen.values()) + n_labels))
+    tokens = sum(sum(1 for x in e["labels"] if x != -100) for e in val_examples)
+    return round(total / max(tokens, 1), 6)
 
 
 def load_examples(run_cfg: dict, tokenizer) -> list[dict]:
@@ -508,7 +548,8 @@ class _Run:
         self.model = model
         data = self.data = load_data(cfg, self.tok)
         info.update({"n_records": data.n_records, "n_dropped_no_answer": data.n_dropped_no_answer,
-                     "n_examples": len(data.train), "n_val_examples": len(data.val)})
+                     "n_examples": len(data.train), "n_val_examples": len(data.val),
+                     "val_prior_loss": data.val_prior_loss})
         total = total_steps(cfg, len(data.train), acc.num_processes)
         warm = method.warmup_steps
         if warm >= total:

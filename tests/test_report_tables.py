@@ -265,14 +265,19 @@ def test_equal_methods_are_shown_as_a_tie_not_a_best(tmp_path, cfg):
 
 def test_val_loss_column_is_the_mean_and_range_over_seeds(tmp_path, cfg):
     rids = hc.expand_runs(cfg, "table2")
-    vals = {r: {"final_val_loss": 0.5 + 0.01 * i} for i, r in enumerate(rids)}
+    vals = {r: {"final_val_loss": 0.5 + 0.01 * i, "val_prior_loss": 0.55,
+                "val_curve": [{"step": 0, "val_loss": 2.0}, {"step": 10, "val_loss": 0.5 + 0.01 * i}]}
+            for i, r in enumerate(rids)}
     df = report.make_table("table2", cfg, write_runs(tmp_path, cfg, rids, train_info=vals), tmp_path / "t2")
     rows = df.set_index("Method")
     smt = [vals[r]["final_val_loss"] for r in _seeds(cfg, "tiny", "commonsense", "smt", 4.0)]
     assert rows.loc["SMT (Best)", "val loss"] == \
         f"{sum(smt) / len(smt):.4f} ({min(smt):.4f}–{max(smt):.4f})"
     assert report.VAL_LOSS_NOTE in df.attrs["footnotes"]
-    assert rows.loc["label prior", "val loss"] == ""
+    assert rows.loc["label prior", "val loss"] == "0.5500"  # the loss of a label-prior-only model
+    from harness.report import Ctx, load_run, val_loss_frame
+    frame = val_loss_frame(Ctx("table2", cfg, [load_run(p) for p in tmp_path.rglob("record.json")]))
+    assert len(frame) == 2 * len(rids) and set(frame.prior_level) == {0.55}
     plain = report.make_table("table2", cfg, write_runs(tmp_path / "b", cfg, rids), tmp_path / "u2")
     assert set(plain["val loss"]) <= {"-", ""} and report.VAL_LOSS_NOTE not in plain.attrs["footnotes"]
 

@@ -315,3 +315,30 @@ def test_answer_only_loss_through_accelerate_and_ddp(tiny_env, tmp_path):
         assert any(p.grad is not None for p in model.parameters() if p.requires_grad)
     finally:
         dist.destroy_process_group()
+
+
+def _mc(label, fmt="solution1/solution2"):
+    return {"instruction": f"Pick one. Answer format: {fmt}", "input": "",
+            "output": f"the correct answer is {label}"}
+
+
+def test_prior_val_loss_is_the_label_frequencies_cross_entropy_per_answer_token():
+    train_records = [_mc("solution1")] * 3 + [_mc("solution2")] + [_mc("true", "true/false")] * 2
+    val_records = [_mc("solution1"), _mc("solution2"), _mc("false", "true/false")]
+    val_examples = [{"labels": [-100, -100, 5, 6, 7]}, {"labels": [-100, 5, 6, 7, 8]}, {"labels": [9, 9]}]
+    got = train_mod.prior_val_loss(train_records, val_records, val_examples)
+    # add-one smoothed frequencies per answer format: solution1 4/6, solution2 2/6, false 1/4
+    want = -(math.log(4 / 6) + math.log(2 / 6) + math.log(1 / 4)) / (3 + 4 + 2)
+    assert got == pytest.approx(want, abs=1e-6)
+    # the same label under another answer format has its own prior
+    other = train_mod.prior_val_loss(train_records + [_mc("solution2", "solution1/solution2/solution3")] * 9,
+                                     val_records, val_examples)
+    assert other == pytest.approx(want, abs=1e-6)
+    # arithmetic answers (a rationale) have no label prior; nothing held out: none either
+    assert train_mod.prior_val_loss(train_records, [{"instruction": "2+2?", "output": "4"}], val_examples[:1]) is None
+    assert train_mod.prior_val_loss(train_records, [], []) is None
+
+
+def test_prior_val_loss_is_recorded(tiny_env, tmp_path):
+    info = train(make_cfg(tiny_env, "lora", steps=2, val_records=2), tmp_path)["train_info"]
+    assert info["val_prior_loss"] > 0  # parity records answer "the correct answer is true/false"
