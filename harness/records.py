@@ -55,11 +55,16 @@ def _version(name: str) -> str | None:
         return None
 
 
+OUTPUT_DIRS = ("results", "figures")
+
+
 def meta_info(model_path=None, data_path=None) -> dict:
     """Environment of a run: git sha + dirty flag, package versions, torch config, device, checksums."""
     import torch
 
-    status = _git("status", "--porcelain")
+    # dirty = the code differs from git_sha; the study's own outputs (results/, figures/, written
+    # while it runs) are not code, else every record of a running study would say dirty
+    status = _git("status", "--porcelain", "--", ".", *(f":(exclude){d}" for d in OUTPUT_DIRS))
     cuda = torch.cuda.is_available()
     info = {
         "git_sha": _git("rev-parse", "HEAD"),

@@ -223,3 +223,29 @@ def test_a_training_set_prepared_from_another_spec_is_refused(tiny_env, tmp_path
     assert record(tmp_path / "other")["run_info"]["status"] == "failed"
     train_mod.check_prepared_spec(data, spec)  # the spec it was prepared from passes
     train_mod.check_prepared_spec(data, None)  # a run_cfg without a spec (library use) is not checked
+
+
+def test_git_dirty_means_code_changed_not_outputs_written(tmp_path, monkeypatch):
+    """A study writes results/ and figures/ while it runs; that must not mark its records dirty."""
+    import subprocess
+
+    from harness import records
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    monkeypatch.setattr(records, "REPO_ROOT", tmp_path)
+    assert records.meta_info()["git_dirty"] is False
+    for out in ("results/runs/a/record.json", "figures/figure3.png"):
+        (tmp_path / out).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / out).write_text("{}")
+    assert records.meta_info()["git_dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert records.meta_info()["git_dirty"] is True
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "new_module.py").write_text("")
+    assert records.meta_info()["git_dirty"] is True
