@@ -14,16 +14,22 @@ def _source_of(record, pools):
     return next(name for name, keys in pools.items() if (record["instruction"], record["output"]) in keys)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 7])
-def test_a_300_record_subset_mixes_every_source_in_proportion(data_root, tmp_path, seed):
-    meta = data.prepare_train_set({"name": "commonsense_mirror", "max_records": 300, "seed": seed},
-                                  data_root, tmp_path / "t.json")
-    records = json.loads((tmp_path / "t.json").read_text())
+def _counts_by_source(records, data_root) -> dict:
+    """How many of `records` come from each mirror train set."""
     pools = {t: {(r["instruction"], r["output"]) for r in
                  data.read_records(data_root / f"llm-adapters/dataset/{t}/train.json")} for t in CS_SOURCES}
     counts = {t: 0 for t in CS_SOURCES}
     for rec in records:
         counts[_source_of(rec, pools)] += 1
+    return counts
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_a_300_record_subset_mixes_every_source_in_proportion(data_root, tmp_path, seed):
+    meta = data.prepare_train_set({"name": "commonsense_mirror", "max_records": 300, "seed": seed},
+                                  data_root, tmp_path / "t.json")
+    records = json.loads((tmp_path / "t.json").read_text())
+    counts = _counts_by_source(records, data_root)
     total = sum(CS_SOURCES.values())
     for task, n in CS_SOURCES.items():
         expected = 300 * n / total
@@ -38,11 +44,7 @@ def test_max_per_source_balances_the_mixture(data_root, tmp_path):
     spec = {"name": "commonsense_mirror", "max_records": None, "seed": 3, "max_per_source": 200}
     meta = data.prepare_train_set(spec, data_root, tmp_path / "t.json")
     records = json.loads((tmp_path / "t.json").read_text())
-    pools = {t: {(r["instruction"], r["output"]) for r in
-                 data.read_records(data_root / f"llm-adapters/dataset/{t}/train.json")} for t in CS_SOURCES}
-    counts = {t: 0 for t in CS_SOURCES}
-    for rec in records:
-        counts[_source_of(rec, pools)] += 1
+    counts = _counts_by_source(records, data_root)
     assert counts == {t: 200 for t in CS_SOURCES} == meta["records_by_source"]
     assert [(s["records"], s["sampled"]) for s in meta["sources"]] == [(n, 200) for n in CS_SOURCES.values()]
     again = data.prepare_train_set(spec, data_root, tmp_path / "u.json")
