@@ -472,7 +472,7 @@ def table1_frame(profile: dict) -> pd.DataFrame:
         full = a["speedup_vs_full_ft"]
         rows.append({
             "Method": a["label"],
-            "#Params%": round(100 * a["budget_reached"], 2) if a["budget_reached"] is not None else None,
+            "Params%": round(100 * a["budget_reached"], 2) if a["budget_reached"] is not None else None,
             "Time/step (s)": f"{step['median']:.3f}",
             "IQR (s)": f"{step['q1']:.3f}-{step['q3']:.3f}",
             "Tokens/s": round(a["tokens_per_s"]["median"], 1),

@@ -338,16 +338,16 @@ def closest_budget(groups: list[Group], reached: float | None) -> Group | None:
 
 
 def method_row(ctx: Ctx, label: dict, group: Group | None, tasks: list[str], prior: list[dict] | None) -> dict:
-    """A row: labels, #Params% reached, each task, AVG, n, seeds, difference from the label prior."""
+    """A row: labels, Params% reached, each task, AVG, n, seeds, difference from the label prior."""
     row = dict(label)
     if group is None or not group.runs:
-        row["#Params%"] = "n/a"
+        row["Params%"] = "n/a"
         for col in tasks + ["AVG"]:
             row[col] = "missing " + ctx.notes.mark(f"{label}: no runs found")
         row.update({"n": 0, "seeds": "0", "vs prior": "n/a"})
         return row
     reached = group.reached
-    row["#Params%"] = "n/a" if reached is None else f"{reached:.2f}"
+    row["Params%"] = "n/a" if reached is None else f"{reached:.2f}"
     marks = group.marks
     for task in tasks:
         if group.ok:
@@ -381,7 +381,7 @@ def fmt_val_loss(group: Group) -> str:
 
 
 def prior_row(ctx: Ctx, label: dict, prior: list[dict] | None, tasks: list[str]) -> dict:
-    row = {**label, "#Params%": "-"}
+    row = {**label, "Params%": "-"}
     if prior is None:
         return {**row, **{t: "n/a" for t in tasks}, "AVG": "n/a", "n": 0, "seeds": "-", "vs prior": "-"}
     for t in tasks:
@@ -691,11 +691,11 @@ def _table1(profiles: list[dict]) -> pd.DataFrame:
 
 
 def table1_frame(profiles: list[dict]) -> pd.DataFrame:
-    """Table 1 from per-method profile JSONs (older format): #Params%, step time, peak memory, speed-up."""
+    """Table 1 from per-method profile JSONs (older format): Params%, step time, peak memory, speed-up."""
     rows = []
     for prof in profiles:
         peak = prof.get("peak_memory_bytes")
-        rows.append({"Method": prof["method"], "#Params%": round(100 * prof["budget_reached"], 2),
+        rows.append({"Method": prof["method"], "Params%": round(100 * prof["budget_reached"], 2),
                      "Time/step (s)": prof.get("step_seconds_mean"),
                      "Peak memory (MB)": None if peak is None else round(peak / 2**20, 1),
                      "Memory measure": prof.get("peak_memory_kind", "n/a")})

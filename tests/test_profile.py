@@ -137,7 +137,7 @@ def test_table1_frame(profile):
     assert row.loc["SMT", "Time/step (s)"] == f"{smt['step']['median']:.3f}"
     assert row.loc["SMT", "x Floor"] == f"{smt['ratio_to_floor']:.2f}"
     assert row.loc["SMT", "Speed-up vs Full FT"] == f"{smt['speedup_vs_full_ft']:.2f}x"
-    assert row.loc["Full FT", "#Params%"] == 100.0 and row.loc["Frozen floor", "#Params%"] == 0.0
+    assert row.loc["Full FT", "Params%"] == 100.0 and row.loc["Frozen floor", "Params%"] == 0.0
     assert row.loc["Frozen floor", "x Floor"] == "1.00" and row.loc["Full FT", "Speed-up vs Full FT"] == "1.00x"
     assert row.loc["Full FT", "Grads (MB)"] == round(profile["arms"]["full_ft"]["memory"]["grad_bytes"] / 2**20, 1)
     with pytest.raises(ValueError, match="not a Table 1 profile"):

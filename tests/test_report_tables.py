@@ -131,7 +131,7 @@ def test_table2_rows_are_each_methods_best_and_smt_at_each_baselines_budget(tmp_
         got = parse_cell(rows.loc[name, "AVG"])
         assert got[0] == pytest.approx(mean, abs=0.051) and got[1] == pytest.approx(spread, abs=0.051), name
         assert got[2] < got[0] < got[3], name
-        assert rows.loc[name, "#Params%"] == ("100.00" if budget is None else f"{budget * 0.98:.2f}"), name
+        assert rows.loc[name, "Params%"] == ("100.00" if budget is None else f"{budget * 0.98:.2f}"), name
         assert rows.loc[name, "seeds"] == "2" and rows.loc[name, "n"] == 8 * N
     # the paired difference SMT - LoRA at LoRA's best budget
     smt, _ = macro(tmp_path, _seeds(cfg, "tiny", "commonsense", "smt", 2.0))
@@ -149,7 +149,8 @@ def test_table2_rows_are_each_methods_best_and_smt_at_each_baselines_budget(tmp_
     assert "deviations: dev of lora; dev of dora; dev of smt; dev of full_ft" in out and "config: test" in out
     csv = (tmp_path / "out" / "table2.csv").read_text()
     assert csv.startswith("# Table 2") and "tiny/commonsense/smt/b4.00/qkv/s1" in csv
-    assert len(pd.read_csv(tmp_path / "out" / "table2.csv", comment="#")) == 7
+    back = pd.read_csv(tmp_path / "out" / "table2.csv", comment="#")  # the header lines are comments
+    assert len(back) == 7 and list(back.columns) == list(df.columns)
     assert "\\begin{tabular}" in (tmp_path / "out" / "table2.tex").read_text()
 
 
@@ -160,8 +161,8 @@ def test_table2_places_a_method_at_its_reached_budget_and_pairs_smt_by_it(tmp_pa
     df = report.make_table("table2", cfg, write_runs(tmp_path, cfg, rids, reached=reached), tmp_path / "t2")
     rows = df.set_index("Method")
     lab = report.method_label(cfg, "lora")
-    assert rows.loc[f"{lab} (Best)", "#Params%"] == "3.80"
-    assert rows.loc[f"SMT (at {lab} best budget)", "#Params%"] == "3.92"
+    assert rows.loc[f"{lab} (Best)", "Params%"] == "3.80"
+    assert rows.loc[f"SMT (at {lab} best budget)", "Params%"] == "3.92"
 
 
 def test_failed_and_diverged_runs_are_shown_with_their_reason(tmp_path, cfg):
@@ -241,7 +242,7 @@ def test_table1_from_profiles(tmp_path, cfg):
         paths.append(tmp_path / f"{method}.json")
         paths[-1].write_text(json.dumps(prof))
     df = report.make_table("table1", cfg, paths, tmp_path / "table1").set_index("Method")
-    assert df.loc["smt", "Speed-up"] == "4.00x" and df.loc["full_ft", "#Params%"] == 100.0
+    assert df.loc["smt", "Speed-up"] == "4.00x" and df.loc["full_ft", "Params%"] == 100.0
 
 
 def test_corrupt_eval_names_the_file(tmp_path, cfg):
