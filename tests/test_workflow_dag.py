@@ -18,7 +18,7 @@ def job_counts(stdout: str) -> dict:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M)}
 
 
-@pytest.mark.parametrize("configfile, trains", [("config/config.yaml", 27), ("config/test.yaml", 18),
+@pytest.mark.parametrize("configfile, trains", [("config/config.yaml", 24), ("config/test.yaml", 18),
                                                 ("config/paper.yaml", 103)])
 def test_dry_run_all(configfile, trains):
     res = snakemake("-n", "--forceall", f"--configfile={configfile}", "all")
