@@ -458,8 +458,9 @@ def _sweep(ctx: Ctx) -> dict:
     return ctx.config["experiments"]["table3"]
 
 
-@table("table2", "Table 2: commonsense accuracy (%): each method's best budget of the sweep, SMT at each "
-                 "baseline's best budget, best SMT, full FT; 95 % intervals")
+@table("table2", "Table 2: commonsense accuracy (%) at equal budget: each method's best budget of the sweep "
+                 "(or the one budget of experiments.table2.budgets), SMT at each baseline's budget, best SMT, "
+                 "full FT, the label prior; 95 % intervals")
 def _table2(ctx: Ctx) -> pd.DataFrame:
     sweep = _sweep(ctx)
     dataset = sweep["dataset"]
