@@ -147,7 +147,8 @@ def load_data(run_cfg: dict, tokenizer) -> TrainData:
     t = run_cfg["train"]
     tokenized = [tokenize_example(tokenizer, r, t["cutoff_len"], t["train_on_inputs"], t["add_eos_token"])
                  for r in records]
-    kept = [e for e in tokenized if has_answer(e)]
+    answered = [i for i, e in enumerate(tokenized) if has_answer(e)]
+    kept, kept_records = [tokenized[i] for i in answered], [records[i] for i in answered]
     dropped = len(tokenized) - len(kept)
     if dropped:
         log.warning("%s: dropped %d of %d examples whose answer is cut off entirely by train.cutoff_len=%d",
@@ -162,7 +163,6 @@ def load_data(run_cfg: dict, tokenizer) -> TrainData:
                          "examples with an answer; lower train.val_records or prepare more records")
     held = sorted(random.Random(VAL_SPLIT_SEED).sample(range(len(kept)), n_val)) if n_val else []
     held_set = set(held)
-    kept_records = [r for r, e in zip(records, tokenized) if has_answer(e)]
     prior = prior_val_loss([r for i, r in enumerate(kept_records) if i not in held_set],
                            [kept_records[i] for i in held], [kept[i] for i in held])
     return TrainData(train=[e for i, e in enumerate(kept) if i not in held_set], val=[kept[i] for i in held],
