@@ -49,6 +49,7 @@ VAL_LOSS_NOTE = ("val loss: final validation loss on the answer tokens of train.
                  "above it has learned nothing about the questions")
 DAGGER_NOTE = (f"{DAGGER} degenerate predictions on that task: one answer for >= 90 % of the examples "
                "(in at least one seed); the accuracy there is mostly the share of that label")
+UNNUMBERED = (DAGGER_NOTE, VAL_LOSS_NOTE)  # explanatory footnotes no cell points to
 
 
 # ----------------------------------------------------------------------------------------------
@@ -186,7 +187,8 @@ def method_label(config: dict, name: str) -> str:
 # groups of seeds and their numbers
 
 class Notes:
-    """Numbered footnotes, each text once."""
+    """Footnotes, each text once; those that cells point to ("[k]") are numbered, the explanatory
+    ones (UNNUMBERED: the dagger, the val-loss column) are not, so the numbers run 1, 2, ..."""
 
     def __init__(self):
         self.items: list[str] = []
@@ -194,7 +196,12 @@ class Notes:
     def mark(self, text: str) -> str:
         if text not in self.items:
             self.items.append(text)
-        return f"[{self.items.index(text) + 1}]"
+        return "" if text in UNNUMBERED else f"[{note_number(self.items, text)}]"
+
+
+def note_number(items: list[str], text: str) -> int:
+    """The footnote number of `text` among `items` (the unnumbered notes take no number)."""
+    return [t for t in items if t not in UNNUMBERED].index(text) + 1
 
 
 @dataclasses.dataclass
@@ -728,7 +735,8 @@ def _latex(df: pd.DataFrame, caption: str, notes: list[str]) -> str:
 
 
 def _footer(df: pd.DataFrame, config: dict) -> list[str]:
-    lines = [f"{i + 1}. {n}" if not n.startswith(DAGGER) else n for i, n in enumerate(df.attrs.get("footnotes", []))]
+    notes = df.attrs.get("footnotes", [])
+    lines = [n if n in UNNUMBERED else f"{note_number(notes, n)}. {n}" for n in notes]
     devs = df.attrs.get("deviations", [])
     lines.append("deviations: " + ("; ".join(devs) if devs else "none recorded"))
     lines.append(f"config: {config['name']} ({config.get('description', '')})")
@@ -965,9 +973,18 @@ def _figure_pareto(ctx: Ctx):
             ax.set_xscale("log")
         ax.set_xlabel(name)
         ax.grid(alpha=0.3)
+    # the level every run must clear to have learned more than the label shares (a run below it
+    # is not a point on any accuracy-cost frontier); one line per dataset drawn
+    for dataset in dict.fromkeys(r.parts["dataset"] for r in ctx.runs):
+        prior = prior_group(ctx.select(dataset=dataset), ctx.suite(dataset), ctx.tasks(dataset))
+        if prior:
+            level = 100 * stats.estimate(prior, n_boot=200)["mean"]
+            for ax in axes:
+                ax.axhline(level, color="grey", ls="--", label=f"{PRIOR_ROW} ({dataset})" if ax is axes[0] else None)
     axes[0].set_ylabel("average accuracy over tasks (%)")
     axes[0].legend(title="method", fontsize=8)
-    return fig, frame, _interval_caption(frame).replace("mean accuracy over seeds", "one run")
+    return fig, frame, (_interval_caption(frame).replace("mean accuracy over seeds", "one run")
+                        + f"; dashed: the {PRIOR_ROW} (always the most frequent label of each task)")
 
 
 def figure7_frame(ctx: Ctx) -> pd.DataFrame:

@@ -78,6 +78,17 @@ def test_pareto_has_one_point_per_evaluated_run(tmp_path, cfg):
     assert first.step_seconds == pytest.approx(0.4) and first.peak_memory_mb == pytest.approx(3.0)
     assert first.trainable_params == 1234
     assert first.acc == pytest.approx(macro(tmp_path, [rids[0]])[0]) and first.seeds == 1
+    # every panel draws the label prior (the most frequent label of each task, averaged over tasks)
+    fig, _, caption = report.figure_data("figure_pareto", cfg, paths)
+    shares = []
+    for pred in sorted((paths[0].parent / "eval").glob("*.predictions.jsonl")):
+        labels = [json.loads(line)["label"] for line in pred.read_text().splitlines()]
+        shares.append(max(labels.count(v) for v in set(labels)) / len(labels))
+    level = 100 * float(np.mean(shares))
+    for ax in fig.axes:
+        flat = [ln for ln in ax.get_lines() if len(set(ln.get_ydata())) == 1]
+        assert any(ln.get_ydata()[0] == pytest.approx(level) for ln in flat), ax.get_xlabel()
+    assert report.PRIOR_ROW in caption
     report.make_figure("figure_pareto", cfg, paths, tmp_path / "fig" / "pareto")
 
 

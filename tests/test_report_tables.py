@@ -178,13 +178,29 @@ def test_failed_and_diverged_runs_are_shown_with_their_reason(tmp_path, cfg):
     assert rows.loc[lora, "seeds"] == "1/2"  # one seed diverged: the other one is shown, marked
     mean, _ = macro(tmp_path, ["tiny/commonsense/lora/b2.00/qkvud/s0"])
     assert parse_cell(rows.loc[lora, "AVG"])[0] == pytest.approx(mean, abs=0.051)
-    notes = df.attrs["footnotes"]
     mark = rows.loc[lora, "AVG"].split()[-1]
-    assert notes[int(mark.strip("[]")) - 1] == "tiny/commonsense/lora/b2.00/qkvud/s1: diverged: loss is nan at step 7"
+    footer = (tmp_path / "t2.md").read_text().splitlines()
+    assert f"{mark.strip('[]')}. tiny/commonsense/lora/b2.00/qkvud/s1: diverged: loss is nan at step 7  " in footer
     assert rows.loc[dora, "AVG"].startswith("failed [")  # no seed of DoRA trained: shown as failed
     assert rows.loc[dora, "boolq"].startswith("failed [")
     md = (tmp_path / "t2.md").read_text()
     assert "CUDA out of memory" in md and "loss is nan at step 7" in md
+
+
+def test_footnote_numbers_match_the_marks_and_skip_the_explanatory_notes(tmp_path, cfg):
+    # the dagger note comes first (a degenerate task), then a failure the cells point to: the
+    # failure is footnote 1, and neither the dagger nor the val-loss note takes a number
+    rids = hc.expand_runs(cfg, "table6")
+    deg = {(rid, task) for rid in rids for task in ("boolq", "piqa")}
+    status = {rids[-1]: ("failed", "killed by the scheduler")}
+    df = report.make_table("table6", cfg, write_runs(tmp_path, cfg, rids, degenerate=deg, status=status),
+                           tmp_path / "t6")
+    marks = {c.split()[-1] for c in df.AVG if c.split()[-1].startswith("[")}
+    assert marks == {"[1]"}
+    footer = (tmp_path / "t6.md").read_text().splitlines()
+    assert f"1. {rids[-1]}: failed: killed by the scheduler  " in footer
+    assert f"{report.DAGGER_NOTE}  " in footer
+    assert not any(line.split(". ", 1)[-1].startswith(report.DAGGER) for line in footer if line[:1].isdigit())
 
 
 def test_missing_evaluation_is_shown_not_fatal(tmp_path, cfg):
