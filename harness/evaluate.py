@@ -37,6 +37,7 @@ from lm_eval.models.huggingface import HFLM
 from harness import stats
 from harness.data import locate_test_set, resolve_data_root
 from harness.prompts import RESPONSE_MARKER
+from harness.prompts import EVAL_BOUNDARY_NOTE, boundary_trim
 from harness.records import REPO_ROOT, atomic_write_json
 from harness.tasks import TASK_PREFIX, TASKS, TASKS_DIR, get_task
 
@@ -149,13 +150,14 @@ class BeamSafeHFLM(HFLM):
         return super()._model_generate(context, max_length, stop, **generation_kwargs)
 
 
-def task_manager(data_root, limit):
-    """An lm-eval TaskManager over the local task definitions, with the data root and limit."""
+def task_manager(data_root, limit, trim: int = 0):
+    """An lm-eval TaskManager over the local task definitions, with the data root, limit and the
+    prompt's boundary trim (harness.prompts.boundary_trim)."""
     from lm_eval.tasks import TaskManager
 
     root = None if data_root is None else str(data_root)
     return TaskManager(include_path=str(TASKS_DIR), include_defaults=False,
-                       metadata={"data_root": root, "limit": limit})
+                       metadata={"data_root": root, "limit": limit, "trim": trim})
 
 
 def _gen_kwargs(eval_cfg: dict) -> dict:
@@ -222,8 +224,9 @@ def evaluate_model(model, tokenizer, eval_cfg: dict, out_dir, data_root=None) ->
     start = time.time()
     model.eval()
     lm = BeamSafeHFLM(pretrained=model, tokenizer=tokenizer, batch_size=int(eval_cfg.get("batch_size", 8)))
+    trim = boundary_trim(tokenizer)
     output = lm_eval.simple_evaluate(
-        model=lm, tasks=[TASK_PREFIX + t for t in tasks], task_manager=task_manager(data_root, limit),
+        model=lm, tasks=[TASK_PREFIX + t for t in tasks], task_manager=task_manager(data_root, limit, trim),
         gen_kwargs=_gen_kwargs(eval_cfg), log_samples=True, bootstrap_iters=0)
     out_dir = pathlib.Path(out_dir)
     per_task, predictions = {}, {}
@@ -242,7 +245,7 @@ def evaluate_model(model, tokenizer, eval_cfg: dict, out_dir, data_root=None) ->
         "suite": suite, "status": "ok", "tasks": per_task,
         "average": sum(t["accuracy"] for t in per_task.values()) / len(per_task),
         "eval_seconds": round(time.time() - start, 2),
-        "eval_cfg": _jsonable(eval_cfg), "protocol": PROTOCOL_NOTES,
+        "eval_cfg": _jsonable(eval_cfg), "protocol": PROTOCOL_NOTES, "deviations": [EVAL_BOUNDARY_NOTE] if trim else [], "prompt_trim": trim,
         "lm_eval": {"version": lm_eval.__version__, "config": _jsonable(output.get("configs", {}))},
     }
     for task, rows in predictions.items():  # predictions first, the suite file (the job's output) last

@@ -760,7 +760,9 @@ def write_table(df: pd.DataFrame, title: str, config: dict, run_ids: list[str], 
 
 
 def _deviations(runs: list[Run]) -> list[str]:
-    return list(dict.fromkeys(d for r in runs for d in (r.info.get("deviations") or [])))
+    """The runs' recorded deviations: training's (run_info) and evaluation's (eval/<suite>.json)."""
+    return list(dict.fromkeys([d for r in runs for d in (r.info.get("deviations") or [])]
+                              + [d for r in runs for e in r.evals.values() for d in (e.get("deviations") or [])]))
 
 
 def build_table(name: str, config: dict, record_paths) -> tuple[pd.DataFrame, list[str], str]:

@@ -14,23 +14,25 @@ Tags `llm_adapters_commonsense` and `llm_adapters_math` name the two suites.
 from __future__ import annotations
 
 
-def load_docs(task: str, data_root: str | None = None, limit: int | None = None, **_metadata) -> dict:
-    """{"test": datasets.Dataset} of the LLM-Adapters test set of `task`, each doc with its id."""
+def load_docs(task: str, data_root: str | None = None, limit: int | None = None, trim: int = 0,
+              **_metadata) -> dict:
+    """{"test": datasets.Dataset} of the LLM-Adapters test set of `task`, each doc with its id and
+    the number of trailing prompt characters to drop (`trim`, harness.prompts.boundary_trim)."""
     import datasets
 
     from harness.data import load_test_set, resolve_data_root
 
     records = load_test_set(task, resolve_data_root(data_root), limit=limit)
     docs = [{"id": i, "task": task, "instruction": r["instruction"], "input": r.get("input") or "",
-             "answer": str(r["answer"])} for i, r in enumerate(records)]
+             "answer": str(r["answer"]), "trim": int(trim)} for i, r in enumerate(records)]
     return {"test": datasets.Dataset.from_list(docs)}
 
 
 def doc_to_text(doc: dict) -> str:
-    """The LLM-Adapters evaluation prompt of a doc."""
-    from harness.prompts import eval_prompt
+    """The LLM-Adapters evaluation prompt of a doc, its end matched to training (prompts.eval_context)."""
+    from harness.prompts import eval_context
 
-    return eval_prompt(doc["instruction"], doc["input"])
+    return eval_context(doc["instruction"], doc["input"], doc.get("trim", 0))
 
 
 def process_results(doc: dict, results: list[str]) -> dict:
