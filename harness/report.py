@@ -934,9 +934,10 @@ def _figure_val_loss(ctx: Ctx):
             ax.axhline(level, color="grey", linestyle="--", linewidth=1, label=f"label prior {level:.3f}")
         ax.set_title(sub.label.iloc[0])
         ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
+        ax.set_yscale("log")  # step 0 (~2.6) would flatten the part that matters, near the prior
+        ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("validation loss")
+    axes[0][0].set_ylabel("validation loss (log scale)")
     return fig, frame, (f"one line per run ({frame.run_id.nunique()} runs); dashed: the validation loss of a "
                         "label-prior-only model (template exact, label by training frequency)")
 
