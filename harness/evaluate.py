@@ -36,8 +36,7 @@ from lm_eval.models.huggingface import HFLM
 
 from harness import stats
 from harness.data import locate_test_set, resolve_data_root
-from harness.prompts import RESPONSE_MARKER
-from harness.prompts import EVAL_BOUNDARY_NOTE, boundary_trim
+from harness.prompts import EVAL_BOUNDARY_NOTE, RESPONSE_MARKER, boundary_trim
 from harness.records import REPO_ROOT, atomic_write_json
 from harness.tasks import TASK_PREFIX, TASKS, TASKS_DIR, get_task
 
@@ -245,7 +244,8 @@ def evaluate_model(model, tokenizer, eval_cfg: dict, out_dir, data_root=None) ->
         "suite": suite, "status": "ok", "tasks": per_task,
         "average": sum(t["accuracy"] for t in per_task.values()) / len(per_task),
         "eval_seconds": round(time.time() - start, 2),
-        "eval_cfg": _jsonable(eval_cfg), "protocol": PROTOCOL_NOTES, "deviations": [EVAL_BOUNDARY_NOTE] if trim else [], "prompt_trim": trim,
+        "eval_cfg": _jsonable(eval_cfg), "protocol": PROTOCOL_NOTES, "prompt_trim": trim,
+        "deviations": [EVAL_BOUNDARY_NOTE] if trim else [],
         "lm_eval": {"version": lm_eval.__version__, "config": _jsonable(output.get("configs", {}))},
     }
     for task, rows in predictions.items():  # predictions first, the suite file (the job's output) last

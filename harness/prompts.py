@@ -72,7 +72,7 @@ def boundary_trim(tokenizer) -> int:
     training. Every tokenizer is checked the same way here, so a LLaMA tokenizer gets what its own
     training tokenization implies. Measured (SMT at 4.91 %, 16 examples each of BoolQ,
     PIQA, ARC-e): with it every answer was a bare '1'; without the last space none was. A
-    byte-level tokenizer keeps every space in the prompt, so it needs no trim.
+    tokenizer with one token per byte keeps every space in the prompt, so it needs no trim.
     """
     prompt = generate_prompt("Say which.")
     full = tokenizer(generate_prompt("Say which.", None, "the answer"), add_special_tokens=False)["input_ids"]

@@ -845,10 +845,9 @@ def _figure3(ctx: Ctx):
             if len(pts):
                 ax.errorbar(pts.reached, pts.acc, yerr=[pts.acc - pts.lo, pts.hi - pts.acc], marker="o",
                             capsize=3, label=pts.label.iloc[0])
-        prior = prior_group(ctx.select(model=model, dataset=sweep["dataset"]),
-                            ctx.suite(sweep["dataset"]), ctx.tasks(sweep["dataset"]))
-        if prior:
-            ax.axhline(100 * stats.estimate(prior, n_boot=200)["mean"], color="grey", ls="--", label=PRIOR_ROW)
+        level = prior_level(ctx, sweep["dataset"], model=model)
+        if level is not None:
+            ax.axhline(level, color="grey", ls="--", label=PRIOR_ROW)
         ax.set_xlabel("trainable parameters reached (% of all model parameters)")
         ax.set_ylabel("average accuracy over tasks (%)")
         ax.set_title(model)
@@ -872,6 +871,12 @@ def placement_frame(ctx: Ctx, exp_name: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def prior_level(ctx: Ctx, dataset: str, **select) -> float | None:
+    """The label prior's average accuracy (%) on the examples the selected runs of `dataset` evaluated."""
+    prior = prior_group(ctx.select(dataset=dataset, **select), ctx.suite(dataset), ctx.tasks(dataset))
+    return 100 * stats.estimate(prior, n_boot=200)["mean"] if prior else None
+
+
 def _placement_figure(ctx: Ctx, exp_name: str):
     plt = _plt()
     frame = placement_frame(ctx, exp_name)
@@ -882,10 +887,9 @@ def _placement_figure(ctx: Ctx, exp_name: str):
         ax.bar(label, 0, color="white")
         ax.annotate("no result", (label, 1), ha="center", fontsize=8)
     exp = ctx.config["experiments"][exp_name]
-    prior = prior_group(ctx.select(model=exp["model"], dataset=exp["dataset"]), ctx.suite(exp["dataset"]),
-                        ctx.tasks(exp["dataset"]))
-    if prior:
-        ax.axhline(100 * stats.estimate(prior, n_boot=200)["mean"], color="grey", ls="--", label=PRIOR_ROW)
+    level = prior_level(ctx, exp["dataset"], model=exp["model"])
+    if level is not None:
+        ax.axhline(level, color="grey", ls="--", label=PRIOR_ROW)
         ax.legend()
     ax.set_ylabel("average accuracy over tasks (%)")
     ax.set_xlabel(f"placement (SMT, budget {exp['budget']}%)")
@@ -979,9 +983,8 @@ def _figure_pareto(ctx: Ctx):
     # the level every run must clear to have learned more than the label shares (a run below it
     # is not a point on any accuracy-cost frontier); one line per dataset drawn
     for dataset in dict.fromkeys(r.parts["dataset"] for r in ctx.runs):
-        prior = prior_group(ctx.select(dataset=dataset), ctx.suite(dataset), ctx.tasks(dataset))
-        if prior:
-            level = 100 * stats.estimate(prior, n_boot=200)["mean"]
+        level = prior_level(ctx, dataset)
+        if level is not None:
             for ax in axes:
                 ax.axhline(level, color="grey", ls="--", label=f"{PRIOR_ROW} ({dataset})" if ax is axes[0] else None)
     axes[0].set_ylabel("average accuracy over tasks (%)")
