@@ -290,9 +290,6 @@ def evaluate_run(run_dir, eval_cfg: dict, out_dir, data_root=None) -> dict:
     repository root), applies the method's delta from run_dir/delta, merges it, and evaluates
     with `evaluate_model`. Everything is validated before any output is written.
     """
-    from baselines import get_method
-    from harness.models import load_model
-
     run_dir = pathlib.Path(run_dir)
     record = read_record(run_dir / "record.json")
     tasks = check_eval_cfg(eval_cfg)
@@ -311,10 +308,19 @@ def evaluate_run(run_dir, eval_cfg: dict, out_dir, data_root=None) -> dict:
                                 f"train the run again")
     for task in tasks:  # every test file present and verified before the (slow) model load
         locate_test_set(task, resolve_data_root(eval_cfg.get("data_root") if data_root is None else str(data_root)))
+    model, tokenizer = trained_model(run_cfg, delta_dir)
+    return evaluate_model(model, tokenizer, eval_cfg, out_dir, data_root=data_root)
+
+
+def trained_model(run_cfg: dict, delta_dir) -> tuple:
+    """(base model with the run's delta merged, tokenizer): the prepared model of run_cfg["model"]
+    (a relative path is taken from the repository root) and the method's delta from delta_dir."""
+    from baselines import get_method
+    from harness.models import load_model
+
     model_cfg = run_cfg["model"]
     model_path = pathlib.Path(model_cfg["path"])
     model_path = model_path if model_path.is_absolute() else REPO_ROOT / model_path
     model, tokenizer = load_model(model_path, model_cfg.get("dtype", "auto"), model_cfg.get("device", "auto"))
     method = get_method(run_cfg["method"]["name"])(run_cfg)
-    model = method.merge(method.load(model, delta_dir))
-    return evaluate_model(model, tokenizer, eval_cfg, out_dir, data_root=data_root)
+    return method.merge(method.load(model, delta_dir)), tokenizer

@@ -11,21 +11,17 @@ import sys
 
 import torch
 
-from baselines import get_method
 from harness.data import load_test_set, resolve_data_root
-from harness.evaluate import is_correct, score
-from harness.models import load_model
+from harness.evaluate import is_correct, score, trained_model
 from harness.prompts import eval_context
-from harness.records import REPO_ROOT
 
 
 def main(run_dir: str, n: int = 16, data_root: str | None = None, tasks=("boolq", "piqa", "ARC-Easy")):
     torch.set_num_threads(1)
     run = pathlib.Path(run_dir)
     cfg = json.loads((run / "record.json").read_text())["run_info"]["config"]
-    model, tok = load_model(REPO_ROOT / cfg["model"]["path"], "auto", "cpu")
-    method = get_method(cfg["method"]["name"])(cfg)
-    model = method.merge(method.load(model, run / "delta")).eval()
+    model, tok = trained_model(cfg, run / "delta")
+    model.eval()
     root = resolve_data_root(data_root)
     for task in tasks:
         docs = load_test_set(task, root, limit=n)
