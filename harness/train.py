@@ -673,9 +673,12 @@ def train(run_cfg: dict, out_dir) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     attempts = read_attempts(out_dir)
     record = new_record(run_cfg)
+    # each attempt names the code it ran: a run resumed after a commit (same fingerprint, so the
+    # same training code version) has record.meta_info of its last attempt only
+    meta = record["meta_info"]
     attempt = {"attempt": len(attempts) + 1, "started_at": _now(), "finished_at": None, "status": "running",
                "error": None, "fresh_start_reason": None, "resumed_from_step": None, "steps_reached": 0,
-               "fingerprint": None}
+               "fingerprint": None, "git_sha": meta.get("git_sha"), "git_dirty": meta.get("git_dirty")}
     record["run_info"]["attempts"] = attempts + [attempt]
     if _is_main_process():
         write_record(out_dir, record)

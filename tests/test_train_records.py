@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 
+import harness.records as records_mod
 import harness.train as train_mod
 from harness.models import load_model
 from harness.records import failed_runs, failed_runs_report, fingerprint, fingerprint_inputs, meta_info, read_attempts
@@ -81,15 +82,25 @@ def test_changed_config_starts_afresh_with_the_new_lr_throughout(tiny_env, tmp_p
 def test_moved_files_and_other_threads_still_resume(tiny_env, tmp_path, monkeypatch):
     cfg = make_cfg(tiny_env, "lora", steps=6, checkpoint_every=2)
     real = die_after_checkpoint(monkeypatch, 4)
+    real_meta = records_mod.meta_info
+
+    def meta_at(sha, dirty):
+        return lambda *a, **k: {**real_meta(*a, **k), "git_sha": sha, "git_dirty": dirty}
+
+    monkeypatch.setattr(records_mod, "meta_info", meta_at("a" * 40, True))
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "run")
     monkeypatch.setattr(train_mod, "save_checkpoint", real)
+    monkeypatch.setattr(records_mod, "meta_info", meta_at("b" * 40, False))  # a commit between attempts
     moved = tmp_path / "moved-env"
     shutil.copytree(tiny_env, moved)
     again = make_cfg(moved, "lora", steps=6, checkpoint_every=3, threads=2)
     rec = train(again, tmp_path / "run")
     assert rec["train_info"]["resumed_from_step"] == 4
     assert rec["run_info"]["attempts"][-1]["fresh_start_reason"] is None
+    # the record's meta_info is the last attempt's; each attempt keeps the code it ran
+    assert rec["meta_info"]["git_sha"] == "b" * 40
+    assert [(a["git_sha"], a["git_dirty"]) for a in read_attempts(tmp_path / "run")] == [("a" * 40, True), ("b" * 40, False)]
 
 
 def test_smt_plan_of_another_fingerprint_is_not_reused(tiny_env, tmp_path, monkeypatch):
