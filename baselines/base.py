@@ -51,6 +51,7 @@ class Method:
     Settings = NoSettings
     warmup_steps = 0
     warmup_mode = "full_ft"
+    trains = True  # False: the loop measures the validation loss at step 0 and saves, no step (zero-shot)
     fingerprint = None  # set by the training loop: the run's fingerprint, for files kept to resume
 
     def __init__(self, run_cfg: dict):

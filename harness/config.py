@@ -25,6 +25,9 @@ FULL_FT = "full_ft"
 # every other key is one of the method's own Settings fields.
 SHARED_METHOD_KEYS = ("lr", "placement", "label", "base", "deviations", "overrides")
 FULL_FT_BUDGET = "100"
+# the zero-shot reference (experiments.table2.zero_shot): the base model, nothing trained; not a
+# config entry (it has no lr, placement or settings), one run per model at budget 0, placement none
+ZERO_SHOT, ZERO_SHOT_PLACEMENT = "zero_shot", "none"
 RUN_ID_PATTERNS = {
     "model": r"[A-Za-z0-9._-]+",
     "dataset": r"[A-Za-z0-9_-]+",
@@ -170,6 +173,9 @@ def _check_references(config: dict) -> None:
         raise ConfigError("train: set max_steps or epochs")
     for name, ds in config["datasets"].items():
         _need(config, "eval", ds["suite"], f"datasets.{name}.suite")
+    if ZERO_SHOT in config["methods"]:
+        raise ConfigError(f"methods.{ZERO_SHOT}: the name is reserved for the zero-shot reference (the base model, "
+                          f"experiments.table2.zero_shot: true); rename the entry")
     for name in config["methods"]:
         entry = method_entry(config, name)
         for key in ("lr", "placement"):
@@ -383,6 +389,8 @@ def _table2(config, exp):
         runs += _sweep(config, exp, [model], budgets=exp.get("budgets"), seeds=exp.get("seeds") or config["seeds"])
         if exp["full_ft"]:
             runs += _run(config, model, sweep["dataset"], FULL_FT, None, seeds=exp.get("seeds"))
+        if exp.get("zero_shot"):  # deterministic: one run (the first seed) is all there is to measure
+            runs.append(zero_shot_run_id(config, model, sweep["dataset"]))
     for extra in exp.get("extra", []):  # rows at budgets outside the sweep (e.g. DoRA's best)
         for method in extra["methods"]:
             for budget in extra["budgets"]:
@@ -530,13 +538,21 @@ def target_modules(place: dict) -> list[str] | None:
 def resolve_run(config: dict, run_id: str) -> dict:
     """The full run_cfg of one run (docs/ARCHITECTURE.md), from its id and the config."""
     parts = parse_run_id(run_id)
+    zero_shot = parts["method"] == ZERO_SHOT
     for section, key in (("models", "model"), ("datasets", "dataset"), ("methods", "method"),
-                         ("placements", "placement")):
+                         ("placements", "placement"))[:2 if zero_shot else 4]:
         _need(config, section, parts[key], f"run id {run_id!r}")
     if parts["seed"] not in config["seeds"]:
         raise ConfigError(f"run id {run_id!r}: seed {parts['seed']} is not in seeds {config['seeds']}")
-    place = config["placements"][parts["placement"]]
     model = config["models"][parts["model"]]
+    if zero_shot:
+        method, placement, deviations = _zero_shot_cfg(config, parts)
+    else:
+        place = config["placements"][parts["placement"]]
+        method = _method_cfg(config, parts["method"], parts["model"], parts["dataset"], parts["budget"])
+        placement = {"name": parts["placement"], "target_modules": target_modules(place),
+                     "quotas": place.get("quotas")}
+        deviations = list(config["deviations"]) + list(method_entry(config, parts["method"]).get("deviations", []))
     # threads are an execution resource, not part of the experiment: the job script sets them
     # (snakemake.threads) and the record's meta_info says what was used; keeping them out of
     # the params means a change of threads does not rerun finished runs.
@@ -550,15 +566,28 @@ def resolve_run(config: dict, run_id: str) -> dict:
         # train.json prepared for another config's dataset of the same name is never used silently
         "dataset": {"name": parts["dataset"], "path": train_set_path(config, parts["dataset"]),
                     "spec": dataset_spec(config, parts["dataset"])},
-        "method": _method_cfg(config, parts["method"], parts["model"], parts["dataset"], parts["budget"]),
+        "method": method,
         "budget": None if parts["budget"] is None else round(parts["budget"] / 100.0, 10),
-        "placement": {"name": parts["placement"], "target_modules": target_modules(place),
-                      "quotas": place.get("quotas")},
+        "placement": placement,
         "seed": parts["seed"],
         "train": train,
         "recipe": config.get("recipe"),
-        "deviations": list(config["deviations"]) + list(method_entry(config, parts["method"]).get("deviations", [])),
+        "deviations": deviations,
     }
+
+
+def zero_shot_run_id(config: dict, model: str, dataset: str) -> str:
+    """The run id of a model's zero-shot reference (the suite of `dataset`, the config's first seed)."""
+    return make_run_id(model, dataset, ZERO_SHOT, 0, ZERO_SHOT_PLACEMENT, config["seeds"][0])
+
+
+def _zero_shot_cfg(config: dict, parts: dict) -> tuple[dict, dict, list]:
+    """(method, placement, deviations) of a zero-shot run: no entry under `methods:`/`placements:`."""
+    if parts["budget"] != 0 or parts["placement"] != ZERO_SHOT_PLACEMENT:
+        raise ConfigError(f"a {ZERO_SHOT} run has budget 0 and placement {ZERO_SHOT_PLACEMENT!r}; got "
+                          f"b{parts['budget']}/{parts['placement']}")
+    return ({"name": ZERO_SHOT, "variant": ZERO_SHOT, "lr": 0.0},
+            {"name": ZERO_SHOT_PLACEMENT, "target_modules": [], "quotas": None}, list(config["deviations"]))
 
 
 def profile_run_id(config: dict, model: str, method: str) -> str:

@@ -467,7 +467,8 @@ def _sweep(ctx: Ctx) -> dict:
 
 @table("table2", "Table 2: commonsense accuracy (%) at equal budget: each method's best budget of the sweep "
                  "(or the one budget of experiments.table2.budgets), SMT at each baseline's budget, best SMT, "
-                 "full FT, the label prior; 95 % intervals")
+                 "full FT, the zero-shot base model (with each row's paired difference from it) and the "
+                 "label prior; 95 % intervals")
 def _table2(ctx: Ctx) -> pd.DataFrame:
     sweep = _sweep(ctx)
     dataset = sweep["dataset"]
@@ -508,6 +509,13 @@ def _table2(ctx: Ctx) -> pd.DataFrame:
         if full:
             block[-1]["SMT − this"] = fmt_diff(paired(smt_best, block[-1].get("_group"), ctx.notes))
         mark_best(block)
+        if ctx.exp.get("zero_shot"):  # the reference every method must clear; not a contender for best
+            zero = [r for r in mruns if r.method == hc.ZERO_SHOT]
+            zero_group = ctx.group(zero, dataset) if zero else None
+            for row in block:
+                row["vs zero-shot"] = fmt_diff(paired(row.get("_group"), zero_group, ctx.notes))
+            block.append(method_row(ctx, {"Model": model, "Method": method_label(ctx.config, hc.ZERO_SHOT)},
+                                    zero_group, tasks, prior))
         block.append(prior_row(ctx, {"Model": model, "Method": PRIOR_ROW}, prior, tasks))
         rows += block
     return finish(rows)
@@ -950,6 +958,8 @@ def pareto_frame(ctx: Ctx) -> pd.DataFrame:
     """One point per evaluated run: accuracy with interval, trainable params, step time, training memory."""
     rows = []
     for r in ctx.runs:
+        if r.method == hc.ZERO_SHOT:  # nothing trained: drawn as a level (_figure_pareto), not a point
+            continue
         dataset = r.parts["dataset"]
         g = ctx.group([r], dataset)
         if not g.ok:
@@ -987,10 +997,20 @@ def _figure_pareto(ctx: Ctx):
         if level is not None:
             for ax in axes:
                 ax.axhline(level, color="grey", ls="--", label=f"{PRIOR_ROW} ({dataset})" if ax is axes[0] else None)
+    zero_levels = {}
+    zero = [r for r in ctx.runs if r.method == hc.ZERO_SHOT]
+    for r in zero:
+        g = ctx.group([r], r.parts["dataset"])
+        if g.ok:
+            zero_levels[r.parts["dataset"]] = 100 * g.avg["mean"]
+            for ax in axes:
+                ax.axhline(zero_levels[r.parts["dataset"]], color="black", ls=":",
+                           label=f"zero-shot ({r.parts['dataset']})" if ax is axes[0] else None)
     axes[0].set_ylabel("average accuracy over tasks (%)")
     axes[0].legend(title="method", fontsize=8)
     return fig, frame, (_interval_caption(frame).replace("mean accuracy over seeds", "one run")
-                        + f"; dashed: the {PRIOR_ROW} (always the most frequent label of each task)")
+                        + f"; dashed: the {PRIOR_ROW} (always the most frequent label of each task)"
+                        + ("; dotted: the zero-shot base model" if zero_levels else ""))
 
 
 def figure7_frame(ctx: Ctx) -> pd.DataFrame:

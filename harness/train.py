@@ -577,6 +577,11 @@ class _Run:
             model.load_state_dict(torch.load(ckpt_dir / WARMUP_WEIGHTS, weights_only=True))
         info.update(method.apply(model, out_dir))
         self.record["run_info"]["budget_reached"] = info["budget_reached"]
+        if not method.trains:  # the zero-shot reference: the base model's validation loss, no step
+            progress.close()
+            self.tokens = 0
+            self._validate(0)
+            return self._finish(method, model, data, 0, 0.0, val_every)
         model.train()
         opt, sched = make_optimizer(model, cfg, total, warm)
         self.tokens, self.prior_seconds = 0, 0.0
@@ -620,6 +625,12 @@ class _Run:
         progress.close()
         seconds = self.prior_seconds + time.time() - self.main_start
         model = launch.finish(acc, prepared)  # DeepSpeed: engine released, parameters own their storage
+        self._finish(method, model, data, step, seconds, val_every)
+
+    def _finish(self, method, model, data, step: int, seconds: float, val_every: int):
+        """Save the delta, fill train_info, drop the checkpoints (unless train.keep_checkpoints)."""
+        t, info, out_dir, acc = self.t, self.info, self.out_dir, self.acc
+        warm = method.warmup_steps
         delta = method.save(model, out_dir / "delta")
         delta_files = file_sizes(out_dir / "delta")
         info.update({"steps": step, "warmup_steps": warm, "micro_batch_size": t["micro_batch_size"],

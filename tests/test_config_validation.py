@@ -61,13 +61,15 @@ def test_expand_runs_dedups_shared_runs():
     cfg = hc.load_config(hc.REPO_ROOT / "config/config.yaml")
     qkv = "smollm2-135m/commonsense/smt/b0.84/qkv/s0"
     everything = hc.expand_runs(cfg, "all")
-    assert len(everything) == len(set(everything)) == 24
+    assert len(everything) == len(set(everything)) == 25  # 24 trained + the zero-shot reference
     for target in ("table3", "table2", "table4", "table6", "figure3", "figure4", "figure5"):
         assert qkv in hc.expand_runs(cfg, target)
     assert everything.count(qkv) == 1
     assert not any("/full_ft/" in r for r in hc.expand_runs(cfg, "table2"))  # full_ft: false (cost)
     assert len(hc.expand_runs(cfg, "table3")) == 6  # one seed per budget
-    assert len(hc.expand_runs(cfg, "table2")) == 9  # three seeds of LoRA, DoRA, SMT at 0.84 %
+    # three seeds of LoRA, DoRA, SMT at 0.84 %, and the zero-shot base model once
+    assert len(hc.expand_runs(cfg, "table2")) == 10
+    assert "smollm2-135m/commonsense/zero_shot/b0.00/none/s0" in hc.expand_runs(cfg, "table2")
     with pytest.raises(hc.ConfigError, match="unknown target"):
         hc.expand_runs(cfg, "table9")
 
@@ -123,7 +125,8 @@ def test_experiment_seeds_and_table2_budgets(raw):
     assert {hc.parse_run_id(r)["seed"] for r in sweep} == {0} and len(sweep) == 3 * 2
     t2 = [hc.parse_run_id(r) for r in hc.expand_runs(cfg, "table2")]
     assert {(p["method"], p["budget"]) for p in t2} == {("lora", 2.0), ("dora", 2.0), ("smt", 2.0),
-                                                      ("full_ft", None)}
+                                                      ("full_ft", None), ("zero_shot", 0.0)}
+    assert [p["seed"] for p in t2 if p["method"] == "zero_shot"] == [0]  # deterministic: evaluated once
     assert sorted(p["seed"] for p in t2 if p["method"] == "smt") == [0, 1, 2]
     assert sorted(p["seed"] for p in t2 if p["method"] == "full_ft") == [0, 1, 2]
     assert {hc.parse_run_id(r)["seed"] for r in hc.expand_runs(cfg, "table6")} == {1}
@@ -140,3 +143,15 @@ def test_experiment_seeds_outside_config_seeds_are_named(raw):
     bad["experiments"]["table2"]["budgets"] = [3.0]
     with pytest.raises(hc.ConfigError, match=r"experiments\.table2\.budgets: \[3\.0\] are not budgets of the sweep"):
         hc.load_config(bad)
+
+
+def test_zero_shot_run_is_the_base_model_and_its_name_is_reserved(raw):
+    cfg = hc.load_config(raw)
+    rid = hc.zero_shot_run_id(cfg, "tiny", "commonsense")
+    run = hc.resolve_run(cfg, rid)
+    assert run["method"] == {"name": "zero_shot", "variant": "zero_shot", "lr": 0.0} and run["budget"] == 0.0
+    assert run["placement"]["target_modules"] == [] and run["deviations"] == cfg["deviations"]
+    with pytest.raises(hc.ConfigError, match="budget 0 and placement 'none'"):
+        hc.resolve_run(cfg, "tiny/commonsense/zero_shot/b0.84/qkv/s0")
+    with pytest.raises(hc.ConfigError, match="methods.zero_shot: the name is reserved"):
+        hc.load_config({**raw, "methods": {**raw["methods"], "zero_shot": {"lr": 1e-3, "placement": "qkv"}}})

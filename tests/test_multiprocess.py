@@ -34,7 +34,7 @@ def _methods():
     """Every registered method (MP_TEST_METHODS=a,b narrows it when debugging)."""
     import baselines
     only = [m for m in os.environ.get("MP_TEST_METHODS", "").split(",") if m]
-    return [m for m in baselines.available() if not only or m in only]
+    return [m for m in baselines.available() if baselines.get_method(m).trains and (not only or m in only)]
 
 
 def _cases():

@@ -73,7 +73,8 @@ def test_pareto_has_one_point_per_evaluated_run(tmp_path, cfg):
     status = {rids[1]: ("failed", "oom")}
     paths = write_runs(tmp_path, cfg, rids, status=status, train_info=ti)
     _, frame, _ = report.figure_data("figure_pareto", cfg, paths)
-    assert list(frame.run_id) == [r for r in rids if r != rids[1]]
+    zero = hc.zero_shot_run_id(cfg, "tiny", "commonsense")  # nothing trained: a level, not a point
+    assert list(frame.run_id) == [r for r in rids if r not in (rids[1], zero)]
     first = frame.iloc[0]
     assert first.step_seconds == pytest.approx(0.4) and first.peak_memory_mb == pytest.approx(3.0)
     assert first.trainable_params == 1234
@@ -89,6 +90,11 @@ def test_pareto_has_one_point_per_evaluated_run(tmp_path, cfg):
         flat = [ln for ln in ax.get_lines() if len(set(ln.get_ydata())) == 1]
         assert any(ln.get_ydata()[0] == pytest.approx(level) for ln in flat), ax.get_xlabel()
     assert report.PRIOR_ROW in caption
+    zero_level = macro(tmp_path, [zero])[0]
+    for ax in fig.axes:
+        flat = [ln for ln in ax.get_lines() if len(set(ln.get_ydata())) == 1]
+        assert any(ln.get_ydata()[0] == pytest.approx(zero_level) for ln in flat), ax.get_xlabel()
+    assert "zero-shot" in caption
     report.make_figure("figure_pareto", cfg, paths, tmp_path / "fig" / "pareto")
 
 

@@ -121,7 +121,7 @@ def test_table2_rows_are_each_methods_best_and_smt_at_each_baselines_budget(tmp_
     lab = lambda m: report.method_label(cfg, m)  # noqa: E731
     assert list(df.Method) == [f"{lab('lora')} (Best)", f"{lab('dora')} (Best)",
                                f"SMT (at {lab('lora')} best budget)", f"SMT (at {lab('dora')} best budget)",
-                               "SMT (Best)", lab("full_ft"), "label prior"]
+                               "SMT (Best)", lab("full_ft"), lab("zero_shot"), "label prior"]
     rows = df.set_index("Method")
     expect = {f"{lab('lora')} (Best)": ("lora", 2.0), f"{lab('dora')} (Best)": ("dora", 4.0),
               f"SMT (at {lab('lora')} best budget)": ("smt", 2.0), f"SMT (at {lab('dora')} best budget)": ("smt", 4.0),
@@ -140,8 +140,21 @@ def test_table2_rows_are_each_methods_best_and_smt_at_each_baselines_budget(tmp_
     assert float(diff.split()[0]) == pytest.approx(smt - lora, abs=0.051)
     lo, hi = (float(x) for x in diff.split("[")[1].rstrip("]").split(","))
     assert lo < smt - lora < hi
-    # full FT (97 %) is significantly better than every other row: the only "best"
-    assert list(df.best) == ["", "", "", "", "", "best", ""]
+    # full FT (97 %) is significantly better than every other row: the only "best" (the
+    # zero-shot row is a reference, never a contender)
+    assert list(df.best) == ["", "", "", "", "", "best", "", ""]
+    # the zero-shot row: one run, nothing trained; every method row's paired difference from it
+    zero_id = hc.zero_shot_run_id(cfg, "tiny", "commonsense")
+    assert zero_id == "tiny/commonsense/zero_shot/b0.00/none/s0"
+    zero, _ = macro(tmp_path, [zero_id])
+    zrow = rows.loc[lab("zero_shot")]
+    assert parse_cell(zrow["AVG"])[0] == pytest.approx(zero, abs=0.051)
+    assert zrow["Params%"] == "0.00" and zrow["seeds"] == "1" and zrow["vs zero-shot"] == ""
+    best_smt, _ = macro(tmp_path, _seeds(cfg, "tiny", "commonsense", "smt", 4.0))
+    vs = rows.loc["SMT (Best)", "vs zero-shot"]
+    assert float(vs.split()[0]) == pytest.approx(best_smt - zero, abs=0.051)
+    lo, hi = (float(x) for x in vs.split("[")[1].rstrip("]").split(","))
+    assert lo < best_smt - zero < hi and lo > 0  # 76-78 % against 50 %: significant
     prior = parse_cell(rows.loc["label prior", "AVG"])
     assert prior[0] == pytest.approx(60.0)
     assert parse_cell(rows.loc["label prior", "boolq"])[0] == pytest.approx(60.0)
@@ -150,7 +163,7 @@ def test_table2_rows_are_each_methods_best_and_smt_at_each_baselines_budget(tmp_
     csv = (tmp_path / "out" / "table2.csv").read_text()
     assert csv.startswith("# Table 2") and "tiny/commonsense/smt/b4.00/qkv/s1" in csv
     back = pd.read_csv(tmp_path / "out" / "table2.csv", comment="#")  # the header lines are comments
-    assert len(back) == 7 and list(back.columns) == list(df.columns)
+    assert len(back) == 8 and list(back.columns) == list(df.columns)
     assert "\\begin{tabular}" in (tmp_path / "out" / "table2.tex").read_text()
 
 
@@ -308,7 +321,7 @@ def test_table2_at_one_budget_names_it_and_compares_each_baseline_with_the_one_s
     df = report.make_table("table2", cfg, write_runs(tmp_path, cfg, rids), tmp_path / "t2")
     lab = lambda m: report.method_label(cfg, m)  # noqa: E731
     assert list(df.Method) == [f"{lab('lora')} (2.00 %)", f"{lab('dora')} (2.00 %)", "SMT (2.00 %)",
-                               lab("full_ft"), "label prior"]
+                               lab("full_ft"), lab("zero_shot"), "label prior"]
     rows = df.set_index("Method")
     smt, _ = macro(tmp_path, _seeds(cfg, "tiny", "commonsense", "smt", 2.0))
     for m in ("lora", "dora"):

@@ -228,6 +228,31 @@ def test_validation_loss_on_held_out_records(tiny_env, tmp_path, monkeypatch, na
     assert seen and not held_ids & set(seen) and len(set(seen)) == 6
 
 
+def test_zero_shot_run_records_the_base_model_and_evaluates_it_unchanged(tiny_env, tmp_path):
+    """The zero-shot reference goes through the same train job: a record (ok, nothing trained)
+    with the base model's validation loss at step 0, and a delta that evaluation loads as the
+    base model itself."""
+    from harness.evaluate import trained_model
+
+    cfg = tiny_run_cfg(tiny_env, "zero_shot", 0.0, val_records=2, max_steps=7)
+    cfg.update(budget=0.0, placement={"name": "none", "target_modules": [], "quotas": None})
+    rec = train(cfg, tmp_path)
+    info = rec["train_info"]
+    assert rec["run_info"]["status"] == "ok" and rec["run_info"]["budget_reached"] == 0.0
+    assert info["steps"] == 0 and info["loss_curve"] == [] and info["trainable_params"] == 0
+    base, tok = load_model(tiny_env / "model", "float32", "cpu")
+    assert info["val_curve"] == [{"step": 0, "val_loss": info["final_val_loss"]}]
+    assert info["final_val_loss"] == pytest.approx(records_loss(base, tok, heldout(tiny_env, 2)), rel=1e-4)
+    model, _ = trained_model(cfg, tmp_path / "delta")
+    want = dict(base.named_parameters())
+    assert all(torch.equal(p, want[k]) for k, p in model.named_parameters())
+    # a zero-shot record over another method's delta is refused, not evaluated as the base model
+    lora_dir = tmp_path / "lora"
+    train(make_cfg(tiny_env, "lora", steps=2), lora_dir)
+    with pytest.raises(FileNotFoundError, match="not written by a zero-shot run"):
+        trained_model(cfg, lora_dir / "delta")
+
+
 def test_validation_off_by_default(tiny_env, tmp_path):
     info = train(make_cfg(tiny_env, "lora", steps=2), tmp_path)["train_info"]
     assert info["val_curve"] == [] and info["final_val_loss"] is None and info["n_val_examples"] == 0
