@@ -15,7 +15,7 @@ from harness import report
 N = 20  # test examples per task
 # accuracy (fraction) per (method, budget %): LoRA best at 2 %, DoRA best at 4 %, SMT best at 4 %
 BASE = {("lora", 2.0): 0.70, ("lora", 4.0): 0.40, ("dora", 2.0): 0.30, ("dora", 4.0): 0.60,
-        ("smt", 2.0): 0.50, ("smt", 4.0): 0.80, ("full_ft", None): 0.65}
+        ("smt", 2.0): 0.50, ("smt", 4.0): 0.80, ("full_ft", None): 0.65, ("zero_shot", 0.0): 0.05}
 SEED_GAIN = 0.10  # seed 1 is 10 points better than seed 0: std over the 2 seeds = 7.07 points
 
 
@@ -68,7 +68,7 @@ PLAN = {"format": "smt-selection-plan/1", "block_size": 16, "total_params": 1000
 
 def number(cell):
     """The leading number of a cell ('87.5 ± 7.1 [..]' -> 87.5)."""
-    m = re.match(r"\s*(-?\d+(\.\d+)?)", str(cell))
+    m = re.match(r"\s*([-+]?\d+(\.\d+)?)", str(cell))
     assert m, f"cell {cell!r} holds no number"
     return float(m.group(1))
 
@@ -108,6 +108,11 @@ def test_table2_cells_hold_the_right_runs(tmp_path, cfg):
     assert number(smt[tasks[1]]) - number(smt[tasks[0]]) == pytest.approx(5.0, abs=0.051)
     csv = (tmp_path / "out" / "table2.csv").read_text()
     assert "tiny/commonsense/smt/b4.00/qkv/s1" in csv
+    # the zero-shot row is its one run; each row's "vs zero-shot" is that row minus it
+    zero = expected_avg("zero_shot", 0.0, 0)
+    assert number(row(df, "zero-shot")["AVG"]) == pytest.approx(zero, abs=0.051)
+    assert number(row(df, "SMT (Best)")["vs zero-shot"]) == pytest.approx(mean("smt", 4.0) - zero, abs=0.051)
+    assert number(row(df, "DoRA", "Best")["vs zero-shot"]) == pytest.approx(mean("dora", 4.0) - zero, abs=0.051)
 
 
 def test_a_run_without_results_is_not_shown_as_a_number(tmp_path, cfg):
