@@ -539,8 +539,10 @@ def resolve_run(config: dict, run_id: str) -> dict:
     """The full run_cfg of one run (docs/ARCHITECTURE.md), from its id and the config."""
     parts = parse_run_id(run_id)
     zero_shot = parts["method"] == ZERO_SHOT
-    for section, key in (("models", "model"), ("datasets", "dataset"), ("methods", "method"),
-                         ("placements", "placement"))[:2 if zero_shot else 4]:
+    sections = [("models", "model"), ("datasets", "dataset")]
+    if not zero_shot:  # the zero-shot run has no entry under methods: or placements: (_zero_shot_cfg)
+        sections += [("methods", "method"), ("placements", "placement")]
+    for section, key in sections:
         _need(config, section, parts[key], f"run id {run_id!r}")
     if parts["seed"] not in config["seeds"]:
         raise ConfigError(f"run id {run_id!r}: seed {parts['seed']} is not in seeds {config['seeds']}")

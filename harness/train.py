@@ -577,14 +577,13 @@ class _Run:
             model.load_state_dict(torch.load(ckpt_dir / WARMUP_WEIGHTS, weights_only=True))
         info.update(method.apply(model, out_dir))
         self.record["run_info"]["budget_reached"] = info["budget_reached"]
+        self.tokens, self.prior_seconds = 0, 0.0
         if not method.trains:  # the zero-shot reference: the base model's validation loss, no step
             progress.close()
-            self.tokens = 0
             self._validate(0)
             return self._finish(method, model, data, 0, 0.0, val_every)
         model.train()
         opt, sched = make_optimizer(model, cfg, total, warm)
-        self.tokens, self.prior_seconds = 0, 0.0
         if ckpt is not None:
             _load_trainable(model, ckpt["trainable"])
             if not launch.is_deepspeed(acc):  # DeepSpeed restores its ZeRO partitions after prepare
