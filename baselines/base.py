@@ -6,14 +6,11 @@ import pathlib
 
 from baselines.settings import NoSettings, parse
 
-# Keys of a resolved run_cfg["method"] that every method shares (validated by the central schema);
-# every other key is one of the method's own Settings fields.
-SHARED_RUN_KEYS = ("name", "variant", "lr")
-
-
-# The one name of the weights a full-FT warm-up leaves (SMT): the training loop keeps them in a
-# run's checkpoints/ for resume, SMT.save puts them beside the delta for evaluation.
+# The one name of the weights a full-FT warm-up leaves (SMT): SMT.end_warmup keeps them (with a
+# sidecar naming the run fingerprint) in the run's resume directory, SMT.save puts them beside the
+# delta for evaluation.
 WARMUP_WEIGHTS = "warmup_weights.pt"
+WARMUP_SIDECAR = "warmup_weights.json"
 
 
 class StaleResumeError(RuntimeError):
@@ -35,13 +32,16 @@ def count_params(model, trainable_only: bool = False) -> int:
 class Method:
     """A fine-tuning method: which parameters train, and how the result is saved and merged.
 
-    The training loop calls, in order: begin_warmup / after_warmup_backward (only when
-    warmup_steps > 0), apply, then trains the parameters left with requires_grad, then save.
-    Evaluation calls load then merge.
+    The training loop (harness.train) calls, in order:
+      fresh start: begin_warmup, after_warmup_backward after each warm-up backward, end_warmup
+                   (only when warmup_steps > 0);
+      resume:      restore (may refuse: the run starts afresh), resume;
+    then apply, trains the parameters left with requires_grad, and save. Evaluation calls load
+    then merge. Profiling (Table 1) runs the same warm-up hooks and the same step.
 
     A method owns its hyper-parameters: `Settings` is a dataclass whose fields (defaults and
     `metadata={"help": ...}`) are the keys a config entry methods.<name> may set besides the
-    shared lr/placement/label/base/deviations/by_dataset/by_model; `label` is its display name
+    shared lr/placement/label/base/deviations/overrides; `label` is its display name
     in tables and figures. Budget: `apply` returns `budget_reached` (trainable / total params),
     which the training loop records in run_info.budget_reached; reports place a method there.
     """
@@ -54,13 +54,17 @@ class Method:
     trains = True  # False: the loop measures the validation loss at step 0 and saves, no step (zero-shot)
     fingerprint = None  # set by the training loop: the run's fingerprint, for files kept to resume
 
-    def __init__(self, run_cfg: dict):
-        self.run_cfg = run_cfg
-        self.method_cfg = run_cfg["method"]
-        self.settings = self.parse_settings(
-            {k: v for k, v in self.method_cfg.items() if k not in SHARED_RUN_KEYS},
-            f"methods.{self.method_cfg.get('variant') or self.method_cfg.get('name', self.name)}")
-        self.budget = run_cfg.get("budget")
+    def __init__(self, run):
+        """run: the harness.run_config.RunConfig (or its JSON form) this method trains in; its
+        settings were parsed once, into this method's Settings, when the RunConfig was built."""
+        from harness.run_config import as_run_config
+
+        self.run = as_run_config(run)
+        if self.run.method.name != self.name:
+            raise ValueError(f"run {self.run.run_id!r} is for method {self.run.method.name!r}, not {self.name!r}")
+        self.settings = self.run.method.settings
+        self.lr = self.run.method.lr
+        self.budget = self.run.budget
         self.total_params = None
 
     @classmethod
@@ -79,9 +83,18 @@ class Method:
     def after_warmup_backward(self, model):
         """Called after each warm-up backward pass, before any optimizer step."""
 
-    def restore(self, out_dir):
-        """Called instead of the warm-up when a run resumes from a checkpoint in out_dir (before
-        apply); raise StaleResumeError if a file it reuses was written for another fingerprint."""
+    def end_warmup(self, model, resume_dir):
+        """Called once after the warm-up steps, on the main process: keep in resume_dir whatever a
+        resumed run needs instead of repeating the warm-up (stamped with self.fingerprint)."""
+
+    def restore(self, out_dir, resume_dir):
+        """Called when a run may resume from a checkpoint (before the model is loaded): check the
+        method's own files (out_dir, resume_dir); raise StaleResumeError if one is missing or was
+        written for another fingerprint, and the run starts afresh."""
+
+    def resume(self, model, resume_dir):
+        """Called instead of the warm-up when a run resumes (after restore accepted it, before
+        apply): put the model in the state the warm-up left (e.g. load the warm-up weights)."""
 
     def apply(self, model, out_dir=None) -> dict:
         """Make only this method's parameters trainable; return info (trainable/total params, budget)."""

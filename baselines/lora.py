@@ -77,10 +77,9 @@ class LoRA(Method):
     Settings = LoRASettings
     use_dora = False
 
-    def __init__(self, run_cfg: dict):
-        super().__init__(run_cfg)
-        placement = run_cfg.get("placement") or {}
-        self.target_modules = list(placement.get("target_modules") or self.settings.target_modules
+    def __init__(self, run):
+        super().__init__(run)
+        self.target_modules = list(self.run.placement.target_modules or self.settings.target_modules
                                    or DEFAULT_TARGETS)
         self.peft_model = None
         self.rank = None

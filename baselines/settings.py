@@ -11,6 +11,10 @@ import dataclasses
 import numbers
 import typing
 
+# Keys of a config entry methods.<name> that every method shares (workflow/schemas/config.schema.yaml
+# checks their values); every other key of the entry is one of the method's own Settings fields.
+SHARED_METHOD_KEYS = ("lr", "placement", "label", "base", "deviations", "overrides")
+
 
 class SettingsError(ValueError):
     """A method hyper-parameter is unknown or invalid; the message names methods.<name>.<key>."""
@@ -114,8 +118,7 @@ def parse(settings_cls, values: dict, where: str):
         valid = "; ".join(f"{f.name} ({f.metadata.get('help', '')})" for f in fields.values()) or "none"
         raise SettingsError(f"{where}.{unknown[0]}: unknown key for this method"
                             f"{' (also ' + ', '.join(unknown[1:]) + ')' if unknown[1:] else ''}; "
-                            f"valid keys: {valid}. Shared keys: lr, placement, label, base, deviations, "
-                            "by_dataset, by_model")
+                            f"valid keys: {valid}. Shared keys: {', '.join(SHARED_METHOD_KEYS)}")
     hints = typing.get_type_hints(settings_cls)
     checked = {}
     for key, value in values.items():

@@ -9,7 +9,7 @@ import torch
 
 import smt
 from baselines import register
-from baselines.base import WARMUP_WEIGHTS, Method, StaleResumeError, count_params
+from baselines.base import WARMUP_SIDECAR, WARMUP_WEIGHTS, Method, StaleResumeError, count_params
 from baselines.settings import field
 from smt.config import STRATEGIES, WARMUP_MODES
 
@@ -53,22 +53,22 @@ class SMT(Method):
     label = "SMT"
     Settings = SMTSettings
 
-    def __init__(self, run_cfg: dict):
-        super().__init__(run_cfg)
-        s, placement = self.settings, run_cfg.get("placement") or {}
+    def __init__(self, run):
+        super().__init__(run)
+        s, placement = self.settings, self.run.placement
         self.plan_path = s.plan_path
         self.random = s.selection == "random"
-        self.seed = int(run_cfg.get("seed", 0))
+        self.seed = self.run.seed
         self.cfg = smt.SMTConfig(
             block_size=s.block_size, budget=self.budget,
-            target_modules=list(placement.get("target_modules") or _DEFAULT_TARGETS),
-            quotas=placement.get("quotas"), strategy=s.scoring,
+            target_modules=list(placement.target_modules or _DEFAULT_TARGETS),
+            quotas=placement.quotas, strategy=s.scoring,
             warmup_steps=s.warmup_steps, warmup_mode=s.warmup_mode,
             accumulate_on_cpu=s.accumulate_on_cpu)
         # a saved plan or a random selection needs no warm-up
         self.warmup_steps = 0 if (self.plan_path or self.random) else self.cfg.warmup_steps
         self.warmup_mode = self.cfg.warmup_mode
-        self.warmup_lr = s.warmup_lr or self.method_cfg["lr"]  # full-FT warm-up steps: the method's lr unless set
+        self.warmup_lr = s.warmup_lr or self.lr  # full-FT warm-up steps: the method's lr unless set
         self.scorer = None
         self.plan = None
 
@@ -78,9 +78,43 @@ class SMT(Method):
     def after_warmup_backward(self, model):
         self.scorer.accumulate()
 
-    def restore(self, out_dir):
-        """On resume, reuse the plan the interrupted run selected (out_dir/plan.json), if it was
-        selected for this run's fingerprint (else StaleResumeError: the loop starts afresh)."""
+    def _keeps_warmup_weights(self) -> bool:
+        return self.warmup_steps > 0 and self.warmup_mode == "full_ft"
+
+    def end_warmup(self, model, resume_dir):
+        """A full-FT warm-up moved every weight: keep them (stamped with the run fingerprint), so a
+        resumed run starts from them instead of repeating the warm-up."""
+        if not self._keeps_warmup_weights():
+            return
+        import json
+
+        resume_dir = pathlib.Path(resume_dir)
+        resume_dir.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, resume_dir / WARMUP_WEIGHTS)
+        tmp = resume_dir / (WARMUP_SIDECAR + ".tmp")
+        tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "warmup_steps": self.warmup_steps}, indent=2))
+        tmp.replace(resume_dir / WARMUP_SIDECAR)
+
+    def resume(self, model, resume_dir):
+        if self._keeps_warmup_weights():
+            model.load_state_dict(torch.load(pathlib.Path(resume_dir) / WARMUP_WEIGHTS, weights_only=True))
+
+    def restore(self, out_dir, resume_dir):
+        """On resume, reuse the warm-up weights (full-FT warm-up) and the plan the interrupted run
+        selected (out_dir/plan.json), if both were written for this run's fingerprint (else
+        StaleResumeError: the loop starts afresh)."""
+        if self._keeps_warmup_weights():
+            import json
+
+            side = pathlib.Path(resume_dir) / WARMUP_SIDECAR
+            try:
+                stamped = json.loads(side.read_text()).get("fingerprint")
+            except (OSError, ValueError) as err:
+                raise StaleResumeError(f"warm-up weights sidecar {side} cannot be read ({type(err).__name__}: "
+                                       f"{err})") from None
+            if stamped != self.fingerprint or not (pathlib.Path(resume_dir) / WARMUP_WEIGHTS).is_file():
+                raise StaleResumeError(f"warm-up weights in {resume_dir} are missing or belong to run fingerprint "
+                                       f"{str(stamped)[:12]}, not {str(self.fingerprint)[:12]}")
         plan = pathlib.Path(out_dir) / "plan.json"
         if not plan.is_file():
             raise StaleResumeError(f"{plan} is missing")
@@ -117,7 +151,7 @@ class SMT(Method):
         are chosen, so the blocks alone, put on the original base, are not the trained model.
         """
         path = smt.save_smt(model, out_dir)
-        if self.warmup_steps > 0 and self.warmup_mode == "full_ft":
+        if self._keeps_warmup_weights():
             state = {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.endswith(".blocks")}
             torch.save(state, pathlib.Path(out_dir) / self.WARMUP_WEIGHTS)  # torch.save keeps tied weights tied
         return path

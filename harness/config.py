@@ -7,8 +7,8 @@ A run id is "<model>/<dataset>/<method>/b<budget%>/<placement>/s<seed>", e.g.
 registered method (baselines.available()) or a variant of one (`base: smt` plus overrides).
 
 Method hyper-parameters are validated by the method's own `Settings` (baselines), the rest by
-workflow/schemas/config.schema.yaml. Tables and figures are a registry (`@target`): a new table
-is one entry under `experiments:` plus one function here that lists its runs.
+workflow/schemas/config.schema.yaml and each experiments entry by its target module: a new table
+is one module under harness/reports/targets/ (its run selection, its schema and its builder).
 """
 from __future__ import annotations
 
@@ -18,12 +18,11 @@ import pathlib
 
 import yaml
 
+from baselines.settings import SHARED_METHOD_KEYS
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 FULL_FT = "full_ft"
-# keys of a config entry methods.<name> that every method shares (the schema checks them);
-# every other key is one of the method's own Settings fields.
-SHARED_METHOD_KEYS = ("lr", "placement", "label", "base", "deviations", "overrides")
 FULL_FT_BUDGET = "100"
 # the zero-shot reference (experiments.table2.zero_shot): the base model, nothing trained; not a
 # config entry (it has no lr, placement or settings), one run per model at budget 0, placement none
@@ -149,6 +148,10 @@ def load_config(src) -> dict:
         config = copy.deepcopy(dict(src))
     config = apply_recipe(config)
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    from harness import reports
+
+    # every target module owns the schema of its experiments entry (harness/reports/targets/)
+    schema["properties"]["experiments"]["properties"] = reports.experiment_schemas()
     errors = sorted(_validator_with_defaults()(schema).iter_errors(config),
                     key=lambda e: list(map(str, e.absolute_path)))
     if errors:
@@ -213,15 +216,14 @@ def _check_references(config: dict) -> None:
         if stray:
             raise ConfigError(f"{where}.seeds: {stray} not in seeds {config['seeds']}; an experiment runs a "
                               "subset of the config's seeds (add them to `seeds:` or drop them here)")
-    t2, sweep = config["experiments"]["table2"], config["experiments"]["table3"]
-    stray = [b for b in t2.get("budgets", []) if float(b) not in {float(x) for x in sweep["budgets"]}]
-    if stray:
-        raise ConfigError(f"experiments.table2.budgets: {stray} are not budgets of the sweep (experiments.table3."
-                          f"budgets {sweep['budgets']}); Table 2 picks its rows from the sweep's budgets")
-    if config["experiments"]["table2"]["full_ft"]:
-        _need(config, "methods", FULL_FT, "experiments.table2.full_ft")
-    if config["experiments"]["table5"]["smt_best_budgets"]:
-        _need(config, "methods", "smt", "experiments.table5.smt_best_budgets (runs method smt)")
+    if config["experiments"]:
+        _need(config, "methods", config["proposed"], "proposed")
+    from harness import reports
+
+    for name in reports.configured(config):  # each target's own checks (its module's `check`)
+        t = reports.REGISTRY[name]
+        if hasattr(t.module, "check"):
+            t.module.check(config, config["experiments"][t.experiment])
 
 
 def method_entry(config: dict, name: str) -> dict:
@@ -332,132 +334,11 @@ def parse_run_id(run_id: str) -> dict:
             "placement": placement, "seed": int(seed[1:])}
 
 
-def _run(config, model, dataset, method, budget, placement=None, seeds=None):
-    """Run ids of one configuration, one per seed (an experiment's `seeds`, else the config's)."""
+def run_ids(config, model, dataset, method, budget, placement=None, seeds=None) -> list[str]:
+    """Run ids of one configuration, one per seed (an experiment's `seeds`, else the config's);
+    placement: the method entry's default placement unless given."""
     placement = placement or method_entry(config, method)["placement"]
     return [make_run_id(model, dataset, method, budget, placement, s) for s in seeds or config["seeds"]]
-
-
-def models_of(config: dict, target: str) -> list[str]:
-    """Models a sweep-based target covers (Table 2 may list its own; the rest use the sweep's)."""
-    exps = config["experiments"]
-    return exps[target].get("models") or exps["table3"]["models"]
-
-
-# target name -> function(config, experiment) -> run ids. A new table or figure is one entry
-# under `experiments:` (schema) plus one function registered here with @target (and one builder
-# in harness/report.py). A figure drawn from another target's runs names that `source` instead.
-EXPANDERS: dict = {}
-SOURCES: dict = {}  # target -> the experiments entry it reads (default: its own)
-
-
-def target(*names, source=None):
-    """Register a function listing the run ids of the named targets (of experiments.<source> if given)."""
-    def deco(fn):
-        for name in names:
-            EXPANDERS[name] = fn
-            if source:
-                SOURCES[name] = source
-        return fn
-    return deco
-
-
-@target("table1")
-def _profiles_only(config, exp):
-    return []  # Table 1 profiles methods (expand_profiles); it trains no run
-
-
-@target("figure_val_loss", source="table3")
-@target("table3", "figure3")
-def _sweep(config, exp, models=None, budgets=None, seeds=None):
-    sweep = config["experiments"]["table3"]
-    runs = []
-    for model in models or sweep["models"]:
-        for method in sweep["methods"]:
-            for budget in budgets or sweep["budgets"]:
-                runs += _run(config, model, sweep["dataset"], method, budget, seeds=seeds or sweep.get("seeds"))
-    return runs
-
-
-@target("figure_pareto", source="table2")
-@target("table2")
-def _table2(config, exp):
-    sweep, runs = config["experiments"]["table3"], []
-    for model in models_of(config, "table2"):
-        # Table 2 may read only some of the sweep's budgets, with its own seeds (default: the
-        # config's): a cheap one-seed sweep for the plateau, three seeds where the methods meet
-        runs += _sweep(config, exp, [model], budgets=exp.get("budgets"), seeds=exp.get("seeds") or config["seeds"])
-        if exp["full_ft"]:
-            runs += _run(config, model, sweep["dataset"], FULL_FT, None, seeds=exp.get("seeds"))
-        if exp.get("zero_shot"):  # deterministic: one run (the first seed) is all there is to measure
-            runs.append(zero_shot_run_id(config, model, sweep["dataset"]))
-    for extra in exp.get("extra", []):  # rows at budgets outside the sweep (e.g. DoRA's best)
-        for method in extra["methods"]:
-            for budget in extra["budgets"]:
-                runs += _run(config, extra["model"], sweep["dataset"], method, budget, seeds=exp.get("seeds"))
-    return runs
-
-
-@target("figure_table4", source="table4")
-@target("figure_table6", source="table6")
-@target("table4", "table6")
-def _placements(config, exp):
-    return [r for place in exp["placements"]
-            for r in _run(config, exp["model"], exp["dataset"], exp.get("method", "smt"), exp["budget"], place,
-                          seeds=exp.get("seeds"))]
-
-
-@target("table5")
-def _table5(config, exp):
-    runs = []
-    for method in exp["methods"]:
-        for budget in exp["budgets"]:
-            runs += _run(config, exp["model"], exp["dataset"], method, budget, seeds=exp.get("seeds"))
-    for budget in exp["smt_best_budgets"]:
-        runs += _run(config, exp["model"], exp["dataset"], "smt", budget, seeds=exp.get("seeds"))
-    return runs
-
-
-@target("figure4", "figure5")
-def _one_smt_run(config, exp):
-    return _run(config, exp["model"], exp["dataset"], exp.get("method", "smt"), exp["budget"], exp["placement"],
-                seeds=exp.get("seeds"))
-
-
-@target("table7")
-def _ablation(config, exp):
-    return [r for method in exp["methods"]
-            for r in _run(config, exp["model"], exp["dataset"], method, exp["budget"], exp["placement"],
-                          seeds=exp.get("seeds"))]
-
-
-@target("figure7")
-def _from_table(config, exp):
-    source = exp["from_table"]
-    return EXPANDERS[source](config, config["experiments"][source])
-
-
-TABLES = tuple(sorted(t for t in EXPANDERS if t.startswith("table")))
-FIGURES = tuple(sorted(t for t in EXPANDERS if not t.startswith("table")))
-TARGETS = TABLES + FIGURES
-
-
-def _target_runs(config: dict, target: str) -> list[str]:
-    return EXPANDERS[target](config, config["experiments"][SOURCES.get(target, target)])
-
-
-def expand_runs(config: dict, target: str) -> list[str]:
-    """Run ids a target needs ('all' for every target), each once, in a stable order."""
-    if target != "all" and target not in TARGETS:
-        raise ConfigError(f"unknown target {target!r}; use one of {', '.join(TARGETS)} or all")
-    targets = TARGETS if target == "all" else (target,)
-    return list(dict.fromkeys(r for t in targets for r in _target_runs(config, t)))
-
-
-def expand_profiles(config: dict) -> list[tuple[str, str]]:
-    """(model, method) pairs Table 1 profiles."""
-    exp = config["experiments"]["table1"]
-    return [(exp["model"], method) for method in exp["methods"]]
 
 
 def repo_path(path) -> pathlib.Path:
@@ -509,11 +390,12 @@ def _matches(when: dict, model: str, dataset: str, budget) -> bool:
             and ("budget" not in when or (budget is not None and abs(when["budget"] - budget) < 1e-9)))
 
 
-def _method_cfg(config: dict, method: str, model: str, dataset: str, budget) -> dict:
-    """run_cfg["method"]: the registered method's name, the variant, lr and EVERY setting (defaults filled).
+def _method_ref(config: dict, method: str, model: str, dataset: str, budget):
+    """The run's MethodRef: the registered method, the variant, lr and its Settings (parsed here,
+    once, with defaults filled). Overrides whose `when` (model, dataset, budget in percent) matches
+    the run apply in order."""
+    from harness.run_config import MethodRef
 
-    Overrides whose `when` (model, dataset, budget in percent) matches the run apply in order.
-    """
     entry = method_entry(config, method)
     values = _settings_values(entry)
     lr = entry["lr"]
@@ -522,10 +404,7 @@ def _method_cfg(config: dict, method: str, model: str, dataset: str, budget) -> 
             lr = ov["set"].get("lr", lr)
             values.update({k: v for k, v in ov["set"].items() if k != "lr"})
     cls = _method_class(config, method)
-    import dataclasses
-
-    settings = dataclasses.asdict(cls.parse_settings(values, f"methods.{method}"))
-    return {"name": cls.name, "variant": method, "lr": lr, **settings}
+    return MethodRef(name=cls.name, variant=method, lr=lr, settings=cls.parse_settings(values, f"methods.{method}"))
 
 
 def target_modules(place: dict) -> list[str] | None:
@@ -535,8 +414,10 @@ def target_modules(place: dict) -> list[str] | None:
     return list(dict.fromkeys(m for q in place["quotas"].values() for m in q["modules"]))
 
 
-def resolve_run(config: dict, run_id: str) -> dict:
-    """The full run_cfg of one run (docs/ARCHITECTURE.md), from its id and the config."""
+def resolve_run(config: dict, run_id: str):
+    """The RunConfig of one run (harness.run_config; docs/ARCHITECTURE.md), from its id and the config."""
+    from harness.run_config import DatasetRef, ModelRef, Placement, RunConfig, TrainConfig
+
     parts = parse_run_id(run_id)
     zero_shot = parts["method"] == ZERO_SHOT
     sections = [("models", "model"), ("datasets", "dataset")]
@@ -551,31 +432,30 @@ def resolve_run(config: dict, run_id: str) -> dict:
         method, placement, deviations = _zero_shot_cfg(config, parts)
     else:
         place = config["placements"][parts["placement"]]
-        method = _method_cfg(config, parts["method"], parts["model"], parts["dataset"], parts["budget"])
-        placement = {"name": parts["placement"], "target_modules": target_modules(place),
-                     "quotas": place.get("quotas")}
+        method = _method_ref(config, parts["method"], parts["model"], parts["dataset"], parts["budget"])
+        placement = Placement(name=parts["placement"], target_modules=target_modules(place),
+                              quotas=copy.deepcopy(place.get("quotas")))
         deviations = list(config["deviations"]) + list(method_entry(config, parts["method"]).get("deviations", []))
-    # threads are an execution resource, not part of the experiment: the job script sets them
-    # (snakemake.threads) and the record's meta_info says what was used; keeping them out of
-    # the params means a change of threads does not rerun finished runs.
-    train = dict(config["train"])
-    return {
-        "run_id": run_id,
-        "config_name": config["name"],
-        "model": {"name": parts["model"], "path": model_dir(config, parts["model"]),
-                  "dtype": model.get("dtype", "float32"), "device": "auto"},
+    # threads are an execution resource, not part of the experiment: the job script takes them
+    # (snakemake.threads) and the record's meta_info says what was used; keeping them out of the
+    # run config means a change of threads does not rerun finished runs.
+    return RunConfig(
+        run_id=run_id,
+        config_name=config["name"],
+        model=ModelRef(name=parts["model"], path=model_dir(config, parts["model"]),
+                       dtype=model.get("dtype", "float32"), device="auto"),
         # spec: what the prepared file must have been built from (the loop checks its meta), so a
         # train.json prepared for another config's dataset of the same name is never used silently
-        "dataset": {"name": parts["dataset"], "path": train_set_path(config, parts["dataset"]),
-                    "spec": dataset_spec(config, parts["dataset"])},
-        "method": method,
-        "budget": None if parts["budget"] is None else round(parts["budget"] / 100.0, 10),
-        "placement": placement,
-        "seed": parts["seed"],
-        "train": train,
-        "recipe": config.get("recipe"),
-        "deviations": deviations,
-    }
+        dataset=DatasetRef(name=parts["dataset"], path=train_set_path(config, parts["dataset"]),
+                           spec=dataset_spec(config, parts["dataset"])),
+        method=method,
+        budget=None if parts["budget"] is None else round(parts["budget"] / 100.0, 10),
+        placement=placement,
+        seed=parts["seed"],
+        train=TrainConfig.from_json(config["train"]),
+        recipe=config.get("recipe"),
+        deviations=tuple(deviations),
+    )
 
 
 def zero_shot_run_id(config: dict, model: str, dataset: str) -> str:
@@ -583,13 +463,15 @@ def zero_shot_run_id(config: dict, model: str, dataset: str) -> str:
     return make_run_id(model, dataset, ZERO_SHOT, 0, ZERO_SHOT_PLACEMENT, config["seeds"][0])
 
 
-def _zero_shot_cfg(config: dict, parts: dict) -> tuple[dict, dict, list]:
+def _zero_shot_cfg(config: dict, parts: dict) -> tuple:
     """(method, placement, deviations) of a zero-shot run: no entry under `methods:`/`placements:`."""
     if parts["budget"] != 0 or parts["placement"] != ZERO_SHOT_PLACEMENT:
         raise ConfigError(f"a {ZERO_SHOT} run has budget 0 and placement {ZERO_SHOT_PLACEMENT!r}; got "
                           f"b{parts['budget']}/{parts['placement']}")
-    return ({"name": ZERO_SHOT, "variant": ZERO_SHOT, "lr": 0.0},
-            {"name": ZERO_SHOT_PLACEMENT, "target_modules": [], "quotas": None}, list(config["deviations"]))
+    from harness.run_config import MethodRef, Placement
+
+    return (MethodRef.from_json({"name": ZERO_SHOT, "variant": ZERO_SHOT, "lr": 0.0}),
+            Placement(name=ZERO_SHOT_PLACEMENT, target_modules=[], quotas=None), list(config["deviations"]))
 
 
 def profile_run_id(config: dict, model: str, method: str) -> str:

@@ -299,28 +299,34 @@ def evaluate_run(run_dir, eval_cfg: dict, out_dir, data_root=None) -> dict:
         result = skipped_result(suite, record)
         atomic_write_json(out_dir / f"{suite}.json", result)
         return result
-    run_cfg = record["run_info"].get("config")
-    if not isinstance(run_cfg, dict) or "model" not in run_cfg or "method" not in run_cfg:
-        raise ValueError(f"{run_dir / 'record.json'}: run_info.config lacks model/method; train the run again")
+    from harness.run_config import RunConfig, RunConfigError
+
+    try:
+        run = RunConfig.from_json(record["run_info"].get("config"))
+    except (RunConfigError, ValueError) as err:
+        raise ValueError(f"{run_dir / 'record.json'}: run_info.config is not a run config ({err}); "
+                         "train the run again") from None
     delta_dir = run_dir / "delta"
     if not delta_dir.is_dir():
         raise FileNotFoundError(f"{delta_dir} not found although {run_dir / 'record.json'} says status ok; "
                                 f"train the run again")
     for task in tasks:  # every test file present and verified before the (slow) model load
         locate_test_set(task, resolve_data_root(eval_cfg.get("data_root") if data_root is None else str(data_root)))
-    model, tokenizer = trained_model(run_cfg, delta_dir)
+    model, tokenizer = trained_model(run, delta_dir)
     return evaluate_model(model, tokenizer, eval_cfg, out_dir, data_root=data_root)
 
 
-def trained_model(run_cfg: dict, delta_dir) -> tuple:
-    """(base model with the run's delta merged, tokenizer): the prepared model of run_cfg["model"]
-    (a relative path is taken from the repository root) and the method's delta from delta_dir."""
+def trained_model(run, delta_dir) -> tuple:
+    """(base model with the run's delta merged, tokenizer): the prepared model of run.model (a
+    RunConfig or its JSON form; a relative path is taken from the repository root) and the
+    method's delta from delta_dir."""
     from baselines import get_method
     from harness.models import load_model
+    from harness.run_config import as_run_config
 
-    model_cfg = run_cfg["model"]
-    model_path = pathlib.Path(model_cfg["path"])
+    run = as_run_config(run)
+    model_path = pathlib.Path(run.model.path)
     model_path = model_path if model_path.is_absolute() else REPO_ROOT / model_path
-    model, tokenizer = load_model(model_path, model_cfg.get("dtype", "auto"), model_cfg.get("device", "auto"))
-    method = get_method(run_cfg["method"]["name"])(run_cfg)
+    model, tokenizer = load_model(model_path, run.model.dtype, run.model.device)
+    method = get_method(run.method.name)(run)
     return method.merge(method.load(model, delta_dir)), tokenizer

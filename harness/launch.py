@@ -118,7 +118,7 @@ def offloads(method_name: str, phase: str, warmup_mode: str = "full_ft", policy:
     return method_name == "full_ft"
 
 
-def deepspeed_config(run_cfg: dict, phase: str = "train", world_size: int = 1, warmup_mode: str = "full_ft",
+def deepspeed_config(run, phase: str = "train", world_size: int = 1, warmup_mode: str = "full_ft",
                      policy: str = "full", mixed_precision: str = "no") -> dict:
     """The ZeRO-2 JSON of a run's phase with every "auto" filled from the run config.
 
@@ -131,22 +131,24 @@ def deepspeed_config(run_cfg: dict, phase: str = "train", world_size: int = 1, w
     """
     if phase not in PHASES:
         raise ValueError(f"unknown phase {phase!r}; use {PHASES}")
-    name = run_cfg["method"]["name"]
-    off = offloads(name, phase, warmup_mode, policy)
+    from harness.run_config import as_run_config
+
+    run = as_run_config(run)
+    off = offloads(run.method.name, phase, warmup_mode, policy)
     cfg = json.loads((DEEPSPEED_DIR / ("zero2_offload.json" if off else "zero2.json")).read_text())
-    t = run_cfg["train"]
-    micro, accum = int(t["micro_batch_size"]), int(t.get("grad_accum", 1))
-    bf16 = str(run_cfg.get("model", {}).get("dtype")) == "bfloat16" or mixed_precision == "bf16"
+    t = run.train
+    micro, accum = int(t.micro_batch_size), int(t.grad_accum)
+    bf16 = str(run.model.dtype) == "bfloat16" or mixed_precision == "bf16"
     cfg["train_micro_batch_size_per_gpu"] = micro
     cfg["gradient_accumulation_steps"] = accum
     cfg["train_batch_size"] = micro * accum * world_size
-    cfg["gradient_clipping"] = float(t.get("max_grad_norm") or 0.0)
+    cfg["gradient_clipping"] = float(t.max_grad_norm or 0.0)
     cfg["bf16"] = {"enabled": bool(bf16)}
     z = cfg["zero_optimization"]
     if z.get("reduce_bucket_size") == "auto":
         z["reduce_bucket_size"] = 5e8
     if "offload_optimizer" in z:
-        # the loop's own optimizer (torch AdamW, run_cfg's betas/eps) steps the offloaded fp32 partitions on
+        # the loop's own optimizer (torch AdamW, the run's betas/eps) steps the offloaded fp32 partitions on
         # the CPU: the same update as DeepSpeedCPUAdam (which needs a compiled op), slower
         cfg["zero_force_ds_cpu_optimizer"] = False
     import torch
@@ -157,7 +159,7 @@ def deepspeed_config(run_cfg: dict, phase: str = "train", world_size: int = 1, w
     return cfg
 
 
-def build_accelerator(run_cfg: dict, method=None, settings: dict | None = None):
+def build_accelerator(run, method=None, settings: dict | None = None):
     """The Accelerator of a run under the current engine (see :func:`engine`).
 
     DeepSpeed: one plugin per phase ("warmup" when the method has warm-up steps, "train"),
@@ -167,23 +169,26 @@ def build_accelerator(run_cfg: dict, method=None, settings: dict | None = None):
     import torch
     from accelerate import Accelerator, PartialState
 
-    settings = dict(settings or launcher_settings(run_cfg.get("execution") or {}))
+    from harness.run_config import as_run_config
+
+    run = as_run_config(run)
+    settings = dict(settings or launcher_settings({}))  # the launcher set the engine up (environment)
     settings["mixed_precision"] = os.environ.get("ACCELERATE_MIXED_PRECISION") or settings["mixed_precision"]
     settings["deepspeed_offload"] = os.environ.get("HARNESS_DEEPSPEED_OFFLOAD") or settings["deepspeed_offload"]
-    cpu = str(run_cfg.get("model", {}).get("device")) == "cpu" or not torch.cuda.is_available()
+    cpu = str(run.model.device) == "cpu" or not torch.cuda.is_available()
     eng = engine()
     mp = settings["mixed_precision"]
     if eng != "deepspeed":
         return Accelerator(cpu=cpu, mixed_precision=None if mp == "no" else mp)
     import deepspeed  # noqa: F401  (fails early and clearly when DeepSpeed is missing)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    name = getattr(method, "name", run_cfg["method"]["name"])
+    name = getattr(method, "name", run.method.name)
     mode = getattr(method, "warmup_mode", "full_ft")
     plugins = {}
     from accelerate.utils import DeepSpeedPlugin
     phases = (["warmup"] if getattr(method, "warmup_steps", 0) else []) + ["train"]
     for phase in phases:
-        cfg = deepspeed_config(run_cfg, phase, world, mode, settings["deepspeed_offload"], mp)
+        cfg = deepspeed_config(run, phase, world, mode, settings["deepspeed_offload"], mp)
         plugins[phase] = DeepSpeedPlugin(hf_ds_config=cfg)
     from accelerate.state import AcceleratorState
     if AcceleratorState._shared_state:     # a second run in this process: new per-phase plugins

@@ -1,8 +1,8 @@
 """Table 1 as a measurement: every method's training step, side by side, against the frozen floor.
 
-`profile_table1(run_cfgs, table1, out_path)` builds one "arm" per method (its own model copy,
-loaded from the same prepared weights, its own optimizer and scheduler, exactly as the training
-loop makes them) plus the **frozen floor** (every weight frozen, the embedding output requires
+`profile_table1(runs, table1, out_path)` builds one "arm" per method (its own model copy,
+loaded from the same prepared weights, its own optimizer and scheduler, made by the same
+harness.step functions the training loop uses: warmup_phase, main_phase, TrainStep) plus the **frozen floor** (every weight frozen, the embedding output requires
 grad, no optimizer: forward plus input-gradient backward, the least work any method that trains
 layer 0's attention can do). It then runs rounds: in each round every arm takes one step of the
 training loop's own step function on the *same* batch, in round-robin order (the starting arm
@@ -34,7 +34,9 @@ import baselines
 from harness.models import load_model, resolve_device
 from harness.records import atomic_write_json, meta_info
 from harness.loss import loss_route
-from harness.train import TrainStep, build_accelerator, collate, has_answer, load_examples, make_optimizer, set_seed
+from harness.run_config import as_run_config
+from harness.step import TrainStep, build_accelerator, main_phase, set_seed, warmup_phase
+from harness.train_data import collate, has_answer, load_examples
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +54,10 @@ def _sync(device: torch.device) -> None:
 # settings and batches
 
 
-def table1_settings(table1: dict, train: dict) -> dict:
+def table1_settings(table1: dict, train) -> dict:
     """The profiler's settings from config experiments.table1 (defaults filled), validated."""
     s = {"steps": table1.get("steps"), "warmup_steps": table1.get("warmup_steps", 2),
-         "batch_size": table1.get("batch_size") or train["micro_batch_size"],
+         "batch_size": table1.get("batch_size") or train.micro_batch_size,
          "seq_len": table1.get("seq_len"), "seed": table1.get("seed", 0)}
     if not isinstance(s["steps"], int) or s["steps"] < 2:
         raise ValueError(f"experiments.table1.steps must be an integer >= 2 (timed rounds per method), "
@@ -196,62 +198,52 @@ class _Arm:
         self.memory, self.cuda_peaks, self.cuda_over = None, [], []
 
 
-def _loop_step(run_cfg, acc, model, opt, sched):
+def _loop_step(run, acc, model, opt, sched):
     """make_step(after_backward=None) -> step(batch, global_step) -> loss: the training loop's own
-    step (harness.train.TrainStep) bound to one arm's model, optimizer, scheduler and accelerator."""
+    step (harness.step.TrainStep) bound to one arm's model, optimizer, scheduler and accelerator."""
     def make_step(after_backward=None):
-        train_step = TrainStep(run_cfg["train"], model, opt, sched, acc, after_backward=after_backward)
+        train_step = TrainStep(run.train, model, opt, sched, acc, after_backward=after_backward)
         return lambda batch, global_step: train_step(iter([batch]), global_step).loss
     return make_step
 
 
-def _profile_cfg(run_cfg: dict, settings: dict) -> dict:
-    """run_cfg with the profile's batch: one micro-batch of batch_size per optimizer step."""
-    return {**run_cfg, "train": {**run_cfg["train"], "micro_batch_size": settings["batch_size"], "grad_accum": 1}}
+def _profile_run(run, settings: dict):
+    """The run with the profile's batch: one micro-batch of batch_size per optimizer step."""
+    return run.replace(train=run.train.replace(micro_batch_size=settings["batch_size"], grad_accum=1))
 
 
-def _method_arm(run_cfg, acc, device, batches, total_steps) -> _Arm:
-    """Load the model, run SMT's warm-up and selection (timed apart), apply the method, make the optimizer."""
-    model, _ = load_model(run_cfg["model"]["path"], run_cfg["model"].get("dtype", "auto"), device)
-    cls = baselines.get_method(run_cfg["method"]["name"])
-    method = cls(run_cfg)
+def _method_arm(run, acc, device, batches, total_steps) -> _Arm:
+    """Load the model, run the method's warm-up and selection (timed apart) through the loop's own
+    warm-up phase, apply the method, make the main phase's optimizer as the loop does."""
+    model, _ = load_model(run.model.path, run.model.dtype, device)
+    cls = baselines.get_method(run.method.name)
+    method = cls(run)
     warm, warmup_seconds = method.warmup_steps, None
+    model.train()  # as the loop: from_pretrained returns eval mode, training runs in train mode
     if warm:
         start = time.perf_counter()
-        model.train()  # as the loop: from_pretrained returns eval mode, training runs in train mode
-        for p in model.parameters():
-            p.requires_grad_(True)
-        method.begin_warmup(model)
-        opt = sched = None
-        if method.warmup_mode == "full_ft":
-            opt, sched = make_optimizer(model, run_cfg, total_steps + warm, 0, lr=getattr(method, "warmup_lr", None))
-            prepared, opt = acc.prepare(model, opt)
-        else:
-            prepared = acc.prepare(model)
-        step = _loop_step(run_cfg, acc, prepared, opt, sched)(method.after_warmup_backward)
+        stepper = warmup_phase(method, model, run, acc, total_steps + warm)
         for i in range(warm):
-            step({k: v.to(device) for k, v in batches[i % len(batches)].items()}, i)
+            stepper(iter([{k: v.to(device) for k, v in batches[i % len(batches)].items()}]), i)
         _sync(device)
         warmup_seconds = time.perf_counter() - start
     info = method.apply(model)
-    model.train()
-    opt, sched = make_optimizer(model, run_cfg, total_steps + warm, warm)
-    model, opt = acc.prepare(model, opt)
+    model, opt, sched = main_phase(model, run, acc, total_steps + warm, warm)
     info = {k: v for k, v in info.items() if isinstance(v, (int, float, str, list, type(None)))}
     return _Arm(method.name, getattr(cls, "label", method.name), model,
-                _loop_step(run_cfg, acc, model, opt, sched), opt, {**info, "warmup_steps": warm}, warmup_seconds)
+                _loop_step(run, acc, model, opt, sched), opt, {**info, "warmup_steps": warm}, warmup_seconds)
 
 
-def _floor_arm(run_cfg, acc, device) -> _Arm:
+def _floor_arm(run, acc, device) -> _Arm:
     """Every weight frozen; the embedding output requires grad, so backward computes input gradients only."""
-    model, _ = load_model(run_cfg["model"]["path"], run_cfg["model"].get("dtype", "auto"), device)
+    model, _ = load_model(run.model.path, run.model.dtype, device)
     model.train()
     for p in model.parameters():
         p.requires_grad_(False)
     model.get_input_embeddings().register_forward_hook(lambda mod, inp, out: out.requires_grad_(True))
     n = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     model = acc.prepare(model)
-    return _Arm(FLOOR, FLOOR_LABEL, model, _loop_step(run_cfg, acc, model, None, None), None,
+    return _Arm(FLOOR, FLOOR_LABEL, model, _loop_step(run, acc, model, None, None), None,
                 {"trainable_params": 0, "total_params": n, "budget_reached": 0.0, "warmup_steps": 0})
 
 
@@ -298,11 +290,11 @@ def round_robin(names: list[str], rnd: int) -> list[str]:
 # the job
 
 
-def profile_table1(run_cfgs: dict, table1: dict, out_path, threads: int | None = None) -> dict:
+def profile_table1(runs: dict, table1: dict, out_path, threads: int | None = None) -> dict:
     """Measure every method of Table 1 side by side against the frozen floor; write JSON to out_path.
 
-    run_cfgs: {method: resolved run_cfg} (same model and training set for all; harness.config
-    .resolve_run of profile_run_id). table1: config experiments.table1 (see table1_settings).
+    runs: {method: RunConfig or its JSON form} (same model and training set for all;
+    harness.config.resolve_run of profile_run_id). table1: config experiments.table1 (see table1_settings).
 
     JSON ({"format": FORMAT, ...}): model, model_path, dataset, budget_asked, device, dtype,
     threads, lm_head ("all positions" or "label positions": what the loop's step computes),
@@ -322,32 +314,33 @@ def profile_table1(run_cfgs: dict, table1: dict, out_path, threads: int | None =
     total_accounted_bytes}, cuda (null on CPU, else {max_allocated_bytes, step_peak_over_resident_bytes,
     arm_peak_bytes})}}.
     """
-    if not run_cfgs:
+    if not runs:
         raise ValueError("experiments.table1.methods is empty; list the methods Table 1 compares")
-    if FLOOR in run_cfgs:
+    if FLOOR in runs:
         raise ValueError(f"experiments.table1.methods must not list {FLOOR!r}: the frozen floor is always measured")
-    first = next(iter(run_cfgs.values()))
-    for name, cfg in run_cfgs.items():
+    runs = {name: as_run_config(run) for name, run in runs.items()}
+    first = next(iter(runs.values()))
+    for name, run in runs.items():
         for key in ("model", "dataset"):
-            if cfg[key]["path"] != first[key]["path"]:
-                raise ValueError(f"Table 1 compares methods on one {key}: {name} uses {cfg[key]['path']}, "
-                                 f"not {first[key]['path']}")
-    settings = table1_settings(table1, first["train"])
-    threads = int(threads or first["train"].get("threads") or torch.get_num_threads())
+            if getattr(run, key).path != getattr(first, key).path:
+                raise ValueError(f"Table 1 compares methods on one {key}: {name} uses {getattr(run, key).path}, "
+                                 f"not {getattr(first, key).path}")
+    settings = table1_settings(table1, first.train)
+    threads = int(threads or torch.get_num_threads())
     torch.set_num_threads(threads)
-    device = resolve_device(first["model"].get("device", "auto"))
+    device = resolve_device(first.model.device)
     acc = build_accelerator(first)
-    cfgs = {name: _profile_cfg(cfg, settings) for name, cfg in run_cfgs.items()}
-    set_seed(int(first.get("seed", 0)))
-    tok = _tokenizer(first["model"]["path"])
+    cfgs = {name: _profile_run(run, settings) for name, run in runs.items()}
+    set_seed(first.seed)
+    tok = _tokenizer(first.model.path)
     examples = load_examples(cfgs[next(iter(cfgs))], tok)
     n_rounds = settings["warmup_steps"] + settings["steps"]
     batches = fixed_batches(examples, n_rounds, settings["batch_size"], settings["seq_len"], tok.pad_token_id,
                             settings["seed"])
     arms = {FLOOR: _floor_arm(cfgs[next(iter(cfgs))], acc, device)}
-    for name, cfg in cfgs.items():
-        set_seed(int(cfg.get("seed", 0)))
-        arms[name] = _method_arm(cfg, acc, device, batches, n_rounds)
+    for name, run in cfgs.items():
+        set_seed(run.seed)
+        arms[name] = _method_arm(run, acc, device, batches, n_rounds)
         log.info("arm %s ready (%s trainable params, warm-up %s s)", name, arms[name].info.get("trainable_params"),
                  arms[name].warmup_seconds)
     names, schedule = list(arms), []
@@ -380,8 +373,8 @@ def profile_table1(run_cfgs: dict, table1: dict, out_path, threads: int | None =
                 arm.losses.append(float(loss))
         log.info("round %d/%d (%s): %s", rnd + 1, n_rounds, "timed" if timed else "untimed",
                  ", ".join(f"{n} {arms[n].times[-1]:.3f}s" for n in names if timed and arms[n].times))
-    result = {"format": FORMAT, "model": first["model"].get("name"), "model_path": str(first["model"]["path"]),
-              "dataset": first["dataset"].get("name"), "budget_asked": first.get("budget"),
+    result = {"format": FORMAT, "model": first.model.name, "model_path": str(first.model.path),
+              "dataset": first.dataset.name, "budget_asked": first.budget,
               "device": str(device), "dtype": str(next(arms[FLOOR].model.parameters()).dtype).replace("torch.", ""),
               "threads": threads, "lm_head": _lm_head_mode(arms), "settings": settings,
               "batches": {"n": len(batches), "sha256": batches_sha256(batches),
@@ -392,7 +385,7 @@ def profile_table1(run_cfgs: dict, table1: dict, out_path, threads: int | None =
                         "round-robin on the same batches so that load changes hit every arm alike: read the "
                         "ratios (and their paired per-round spread) rather than the absolute seconds"),
               "arms": {name: _arm_json(arm, arms) for name, arm in arms.items()},
-              "meta_info": meta_info(first["model"]["path"], first["dataset"]["path"])}
+              "meta_info": meta_info(first.model.path, first.dataset.path)}
     atomic_write_json(out_path, result)
     return result
 

@@ -129,14 +129,16 @@ def read_record(path) -> dict:
 # Keys of a resolved run_cfg that do not change what is trained: identity and descriptions,
 # where files live, execution resources and how often progress is saved.
 _NOT_TRAINING = ("run_id", "config_name", "deviations")
-_NOT_TRAINING_PARTS = {"model": ("path", "name"), "dataset": ("path", "name"), "placement": ("name", "label"),
-                       "train": ("threads", "checkpoint_every", "keep_checkpoints", "max_train_records")}
+_NOT_TRAINING_PARTS = {"model": ("path", "name"), "dataset": ("path", "name"), "placement": ("name",),
+                       # threads: not in a RunConfig any more, but in the configs of older records
+                       "train": ("threads", "checkpoint_every", "keep_checkpoints")}
 
 
 def fingerprint_inputs(run_cfg: dict, meta: dict, code_version: int) -> dict:
     """Everything that determines a run's training, as one JSON-able dict.
 
-    The resolved run_cfg without paths, threads and descriptive fields (`_NOT_TRAINING*`), a
+    run_cfg: the run's JSON form (harness.run_config.RunConfig.to_json), without paths, threads
+    and descriptive fields (`_NOT_TRAINING*`), a
     method `plan_path` replaced by the plan file's sha256, the model's checksums and the
     prepared training set's sha256 (from meta_info, so moving files changes nothing; changing
     their content does), and the training code's version (harness.train.TRAIN_CODE_VERSION).
@@ -248,26 +250,27 @@ def print_failed_runs(results_dir) -> None:
         print(text, file=sys.stderr)
 
 
-def new_record(run_cfg: dict) -> dict:
-    """A fresh record for run_cfg with status 'running' and empty train/eval sections."""
+def new_record(run) -> dict:
+    """A fresh record for run (a harness.run_config.RunConfig) with status 'running' and empty
+    train/eval sections; run_info.config is the run's JSON form (RunConfig.from_json reads it)."""
     return {
         "run_info": {
-            "run_id": run_cfg.get("run_id"),
-            "config": run_cfg,
-            "method": run_cfg["method"]["name"],
-            "budget_asked": run_cfg.get("budget"),
+            "run_id": run.run_id,
+            "config": run.to_json(),
+            "method": run.method.name,
+            "budget_asked": run.budget,
             "budget_reached": None,
-            "seed": run_cfg.get("seed"),
+            "seed": run.seed,
             "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "status": "running",
             "error": None,
-            "deviations": run_cfg.get("deviations", []),
+            "deviations": list(run.deviations),
             "fingerprint": None,
             "attempts": [],
         },
         "train_info": {},
         "eval": {},
-        "meta_info": meta_info(run_cfg.get("model", {}).get("path"), run_cfg.get("dataset", {}).get("path")),
+        "meta_info": meta_info(run.model.path, run.dataset.path),
     }
 
 

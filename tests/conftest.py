@@ -83,5 +83,19 @@ def tiny_run_cfg(env, name, lr, *, run_id=None, smt_warmup=2, deviations=(), met
             "train": {"max_steps": 10, "epochs": None, "micro_batch_size": 4, "grad_accum": 1,
                       "lr_scheduler": "linear", "warmup_steps": 2, "weight_decay": 0.0, "max_grad_norm": 1.0,
                       "cutoff_len": 320, "train_on_inputs": False, "add_eos_token": True,
-                      "checkpoint_every": None, "threads": 1, "log_every": 1, **train},
+                      "checkpoint_every": None, "log_every": 1, **train},
             "deviations": list(deviations)}
+
+
+def run_cfg(method: dict, **parts) -> dict:
+    """The JSON form of a harness.run_config.RunConfig for tests that need only some of its parts
+    (a method built on its own, no training): `method` as given, every other part a placeholder
+    unless given (model/dataset paths that are never read, seed 0, schema-default train)."""
+    name = method["name"]
+    return {"run_id": parts.pop("run_id", f"test/{name}"),
+            "model": parts.pop("model", {"name": "tiny", "path": "-", "dtype": "float32", "device": "cpu"}),
+            "dataset": parts.pop("dataset", {"name": "toy", "path": "-"}),
+            "method": method, "budget": parts.pop("budget", None if name == "full_ft" else 0.05),
+            "placement": parts.pop("placement", {"name": "qkv", "target_modules": ["q_proj", "k_proj", "v_proj"],
+                                                 "quotas": None}),
+            "seed": parts.pop("seed", 0), "train": parts.pop("train", {}), **parts}

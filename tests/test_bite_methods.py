@@ -34,7 +34,7 @@ def cfg(env, name, steps=3, targets=QKV, **method):
             "train": {"max_steps": steps, "epochs": None, "micro_batch_size": 2, "grad_accum": 1,
                       "lr_scheduler": "linear", "warmup_steps": 0, "weight_decay": 0.0, "max_grad_norm": 1.0,
                       "cutoff_len": 320, "train_on_inputs": False, "add_eos_token": True,
-                      "checkpoint_every": None, "threads": 1, "log_every": 1},
+                      "checkpoint_every": None, "log_every": 1},
             "deviations": []}
 
 

@@ -10,7 +10,8 @@ import re
 import pytest
 
 from harness import config as hc
-from harness import report
+from harness import reports
+from harness import reports as report
 
 N = 20  # test examples per task
 # accuracy (fraction) per (method, budget %): LoRA best at 2 %, DoRA best at 4 %, SMT best at 4 %
@@ -86,7 +87,7 @@ def row(df, *words):
 
 
 def test_table2_cells_hold_the_right_runs(tmp_path, cfg):
-    paths = write_runs(tmp_path, cfg, hc.expand_runs(cfg, "table2"))
+    paths = write_runs(tmp_path, cfg, reports.expand_runs(cfg, "table2"))
     df = report.make_table("table2", cfg, paths, tmp_path / "out" / "table2")
     mean = lambda m, b: (expected_avg(m, b, 0) + expected_avg(m, b, 1)) / 2  # noqa: E731
     assert number(row(df, "LoRA", "Best")["AVG"]) == pytest.approx(mean("lora", 2.0), abs=0.051)
@@ -116,7 +117,7 @@ def test_table2_cells_hold_the_right_runs(tmp_path, cfg):
 
 
 def test_a_run_without_results_is_not_shown_as_a_number(tmp_path, cfg):
-    ids = hc.expand_runs(cfg, "table2")
+    ids = reports.expand_runs(cfg, "table2")
     full = [r for r in ids if "/full_ft/" in r]
     paths = write_runs(tmp_path, cfg, ids, skip_eval=full)
     df = report.make_table("table2", cfg, paths, tmp_path / "t2")
@@ -130,7 +131,7 @@ def test_a_run_without_results_is_not_shown_as_a_number(tmp_path, cfg):
 
 
 def test_table3_marks_the_best_budget(tmp_path, cfg):
-    paths = write_runs(tmp_path, cfg, hc.expand_runs(cfg, "table3"))
+    paths = write_runs(tmp_path, cfg, reports.expand_runs(cfg, "table3"))
     df = report.make_table("table3", cfg, paths, tmp_path / "table3")
     line = {str(r["Method"]): r for _, r in df.iterrows()}
     lora = next(v for k, v in line.items() if k.startswith("LoRA") or k == "lora")
@@ -147,7 +148,7 @@ def _figure(name, cfg, paths):
 
 
 def test_figure5_draws_each_projections_share_of_smt_parameters(tmp_path, cfg):
-    paths = write_runs(tmp_path, cfg, hc.expand_runs(cfg, "figure5"))
+    paths = write_runs(tmp_path, cfg, reports.expand_runs(cfg, "figure5"))
     fig, frame = _figure("figure5", cfg, paths)
     heights = sorted(p.get_height() for p in fig.axes[0].patches)
     assert heights == pytest.approx([0.0, 20.0, 80.0])
@@ -156,7 +157,7 @@ def test_figure5_draws_each_projections_share_of_smt_parameters(tmp_path, cfg):
 
 
 def test_figure3_points_are_means_over_seeds_at_the_reached_budget(tmp_path, cfg):
-    paths = write_runs(tmp_path, cfg, hc.expand_runs(cfg, "figure3"))
+    paths = write_runs(tmp_path, cfg, reports.expand_runs(cfg, "figure3"))
     fig, frame = _figure("figure3", cfg, paths)
     ax = fig.axes[0]
     # errorbar containers carry the legend label; their first line is the data line
@@ -169,7 +170,7 @@ def test_figure3_points_are_means_over_seeds_at_the_reached_budget(tmp_path, cfg
 
 
 def test_table2_without_any_smt_run_shows_smt_rows_as_missing(tmp_path, cfg):
-    ids = [r for r in hc.expand_runs(cfg, "table2") if "/smt/" not in r]
+    ids = [r for r in reports.expand_runs(cfg, "table2") if "/smt/" not in r]
     df = report.make_table("table2", cfg, write_runs(tmp_path, cfg, ids), tmp_path / "t2")
     assert number(row(df, "DoRA", "Best")["AVG"]) == pytest.approx(
         (expected_avg("dora", 4.0, 0) + expected_avg("dora", 4.0, 1)) / 2, abs=0.051)

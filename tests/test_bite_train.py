@@ -47,7 +47,7 @@ def cfg(env, name="lora", data="varied", steps=4, lr=0.01, method=None, **train)
         m = {"block_size": 16, "warmup_steps": 2, "warmup_mode": "full_ft", "scoring": "mean_abs", **m}
     t = {"max_steps": steps, "epochs": None, "micro_batch_size": 2, "grad_accum": 1, "lr_scheduler": "linear",
          "warmup_steps": 0, "weight_decay": 0.0, "max_grad_norm": None, "cutoff_len": CUTOFF,
-         "train_on_inputs": False, "add_eos_token": True, "checkpoint_every": None, "threads": 1,
+         "train_on_inputs": False, "add_eos_token": True, "checkpoint_every": None,
          "log_every": 1}
     t.update(train)
     return {"run_id": f"bite/{name}", "model": {"name": "tiny", "path": str(env / "model"), "dtype": "float32",
@@ -171,7 +171,7 @@ def test_clipping_bounds_the_update(env, tmp_path):
 
 
 def _example_losses(env):
-    from harness.train import collate
+    from harness.train_data import collate
     model, tok = load_model(env / "model", "float32", "cpu")
     out = []
     with torch.no_grad():

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from harness import config as hc
+from harness import reports
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +45,10 @@ def test_keys_the_code_reads_are_accepted(raw):
                        lora={"lr": 1e-3, "placement": "qkvud", "rank": 8})
     cfg["train"].update(keep_checkpoints=True, val_records=8, val_every=2, adam_betas=[0.9, 0.95])
     cfg = hc.load_config(cfg)
-    run = hc.resolve_run(cfg, "tiny/commonsense/vera/b2.00/qkvud/s0")
+    run = hc.resolve_run(cfg, "tiny/commonsense/vera/b2.00/qkvud/s0").to_json()
     assert run["method"]["d_initial"] == 0.2 and run["method"]["rank"] == 4
     assert run["train"]["keep_checkpoints"] and run["train"]["val_records"] == 8 and run["train"]["adam_betas"] == [0.9, 0.95]
-    assert hc.resolve_run(cfg, "tiny/commonsense/lora/b2.00/qkvud/s0")["method"]["rank"] == 8
+    assert hc.resolve_run(cfg, "tiny/commonsense/lora/b2.00/qkvud/s0").to_json()["method"]["rank"] == 8
     defaults = hc.load_config(raw)["train"]
     assert (defaults["val_records"], defaults["val_every"], defaults["keep_checkpoints"]) == (0, None, False)
     assert defaults["adam_betas"] == [0.9, 0.999]
@@ -64,11 +65,11 @@ def test_max_train_records_is_gone(raw):
 
 def test_resolved_method_has_every_setting_and_the_registered_name(raw):
     cfg = hc.load_config(raw)
-    m = hc.resolve_run(cfg, "tiny/commonsense/smt_absmean/b2.00/qkv/s0")["method"]
+    m = hc.resolve_run(cfg, "tiny/commonsense/smt_absmean/b2.00/qkv/s0").to_json()["method"]
     assert m["name"] == "smt" and m["variant"] == "smt_absmean" and m["lr"] == 1e-3
     assert m["scoring"] == "abs_mean" and m["block_size"] == 16 and m["warmup_steps"] == 2  # inherited
     assert m["selection"] == "gradient" and m["warmup_lr"] is None  # defaults filled from Settings
-    lora = hc.resolve_run(cfg, "tiny/commonsense/lora/b2.00/qkvud/s0")["method"]
+    lora = hc.resolve_run(cfg, "tiny/commonsense/lora/b2.00/qkvud/s0").to_json()["method"]
     assert set(lora) == {"name", "variant", "lr", "rank", "alpha_ratio", "dropout", "target_modules"}
 
 
@@ -88,9 +89,9 @@ def test_variant_of_a_registered_method_without_config_entry(raw):
     cfg["methods"]["small_lora"] = {"base": "lora", "lr": 1e-3, "placement": "qkv", "rank": 2, "label": "LoRA r2"}
     cfg["experiments"]["table3"]["methods"].append("small_lora")
     cfg = hc.load_config(cfg)
-    assert "tiny/commonsense/small_lora/b2.00/qkv/s0" in hc.expand_runs(cfg, "table3")
+    assert "tiny/commonsense/small_lora/b2.00/qkv/s0" in reports.expand_runs(cfg, "table3")
     assert hc.method_label(cfg, "small_lora") == "LoRA r2" and hc.method_label(cfg, "lora") == "LoRA"
-    assert hc.resolve_run(cfg, "tiny/commonsense/small_lora/b2.00/qkv/s0")["method"]["alpha_ratio"] == 2.0
+    assert hc.resolve_run(cfg, "tiny/commonsense/small_lora/b2.00/qkv/s0").to_json()["method"]["alpha_ratio"] == 2.0
 
 
 def test_new_method_is_one_config_entry_and_reaches_every_sweep_target(raw):
@@ -99,7 +100,7 @@ def test_new_method_is_one_config_entry_and_reaches_every_sweep_target(raw):
     cfg["experiments"]["table3"]["methods"] = ["lora", "loha"]  # no lora/dora/smt requirement any more
     cfg = hc.load_config(cfg)
     for target in ("table2", "table3", "figure3"):
-        assert "tiny/commonsense/loha/b2.00/qkvud/s0" in hc.expand_runs(cfg, target)
+        assert "tiny/commonsense/loha/b2.00/qkvud/s0" in reports.expand_runs(cfg, target)
     assert hc.method_label(cfg, "loha") == "LoHa"
 
 
@@ -109,12 +110,12 @@ def test_overrides_apply_by_model_dataset_and_budget(raw):
         {"when": {"dataset": "math"}, "set": {"warmup_steps": 1}},
         {"when": {"model": "tiny", "budget": 4.0}, "set": {"lr": 5e-4}}]
     cfg = hc.load_config(cfg)
-    assert hc.resolve_run(cfg, "tiny/math/smt/b2.00/qkv/s0")["method"]["warmup_steps"] == 1
-    assert hc.resolve_run(cfg, "tiny/commonsense/smt/b2.00/qkv/s0")["method"]["warmup_steps"] == 2
-    assert hc.resolve_run(cfg, "tiny/commonsense/smt/b4.00/qkv/s0")["method"]["lr"] == 5e-4
-    assert hc.resolve_run(cfg, "tiny/commonsense/smt/b2.00/qkv/s0")["method"]["lr"] == 1e-3
+    assert hc.resolve_run(cfg, "tiny/math/smt/b2.00/qkv/s0").to_json()["method"]["warmup_steps"] == 1
+    assert hc.resolve_run(cfg, "tiny/commonsense/smt/b2.00/qkv/s0").to_json()["method"]["warmup_steps"] == 2
+    assert hc.resolve_run(cfg, "tiny/commonsense/smt/b4.00/qkv/s0").to_json()["method"]["lr"] == 5e-4
+    assert hc.resolve_run(cfg, "tiny/commonsense/smt/b2.00/qkv/s0").to_json()["method"]["lr"] == 1e-3
     # a variant inherits its base's overrides
-    assert hc.resolve_run(cfg, "tiny/math/smt_absmean/b2.00/qkv/s0")["method"]["warmup_steps"] == 1
+    assert hc.resolve_run(cfg, "tiny/math/smt_absmean/b2.00/qkv/s0").to_json()["method"]["warmup_steps"] == 1
     bad = copy.deepcopy(raw)
     bad["methods"]["smt"]["overrides"] = [{"when": {"dataset": "math"}, "set": {"scoring": "bogus"}}]
     with pytest.raises(hc.ConfigError, match=r"methods\.smt\.overrides\[0\]\.set\.scoring"):
@@ -147,7 +148,7 @@ def test_recipe_overlay_switches_values_and_unknown_recipe_is_named(raw):
     loaded = hc.load_config(cfg)
     assert loaded["train"]["max_steps"] == 1 and loaded["methods"]["smt"]["scoring"] == "l2"
     assert loaded["methods"]["smt"]["block_size"] == 16  # mappings merge key by key
-    assert hc.resolve_run(loaded, "tiny/commonsense/smt/b2.00/qkv/s0")["recipe"] == "fast"
+    assert hc.resolve_run(loaded, "tiny/commonsense/smt/b2.00/qkv/s0").to_json()["recipe"] == "fast"
     cfg["recipe"] = "plain"
     assert hc.load_config(cfg)["train"]["max_steps"] == 3
     cfg["recipe"] = "slow"
@@ -159,27 +160,28 @@ def test_recipe_overlay_switches_values_and_unknown_recipe_is_named(raw):
 
 
 def test_targets_are_a_registry_with_table7_and_figure7(raw):
-    assert {"table7", "figure7"} <= set(hc.TARGETS)
-    assert set(hc.TARGETS) == set(hc.EXPANDERS)
-    schema = yaml.safe_load(hc.SCHEMA_PATH.read_text())
-    assert set(schema["properties"]["experiments"]["required"]) == set(hc.TARGETS) - set(hc.SOURCES)
-    assert {"figure_table4", "figure_table6", "figure_val_loss", "figure_pareto"} <= set(hc.SOURCES)
+    assert {"table7", "figure7"} <= set(reports.TARGETS)
+    # a figure drawn from a table's runs reads that table's entry; every other target owns its schema
+    shared = {n for n, t in reports.REGISTRY.items() if t.experiment != n}
+    assert {"figure_table4", "figure_table6", "figure_val_loss", "figure_pareto"} == shared
+    assert set(reports.experiment_schemas()) == set(reports.TARGETS) - shared
     cfg = hc.load_config(raw)
-    t7 = hc.expand_runs(cfg, "table7")
-    assert t7 == hc.expand_runs(cfg, "figure7") == [
+    assert reports.configured(cfg) == list(reports.TARGETS)  # the tiny config builds every target
+    t7 = reports.expand_runs(cfg, "table7")
+    assert t7 == reports.expand_runs(cfg, "figure7") == [
         f"tiny/commonsense/{m}/b2.00/qkv/s0" for m in cfg["experiments"]["table7"]["methods"]]
-    assert set(t7) <= set(hc.expand_runs(cfg, "all"))
-    assert hc.expand_runs(cfg, "figure_pareto") == hc.expand_runs(cfg, "table2")
-    assert hc.expand_runs(cfg, "figure_table4") == hc.expand_runs(cfg, "table4")
+    assert set(t7) <= set(reports.expand_runs(cfg, "all"))
+    assert reports.expand_runs(cfg, "figure_pareto") == reports.expand_runs(cfg, "table2")
+    assert reports.expand_runs(cfg, "figure_table4") == reports.expand_runs(cfg, "table4")
 
 
 def test_table2_extra_rows(raw):
     cfg = copy.deepcopy(raw)
     cfg["experiments"]["table2"]["extra"] = [{"model": "tiny", "methods": ["dora", "smt"], "budgets": [3.0]}]
     cfg = hc.load_config(cfg)
-    runs = hc.expand_runs(cfg, "table2")
+    runs = reports.expand_runs(cfg, "table2")
     assert {"tiny/commonsense/dora/b3.00/qkvud/s0", "tiny/commonsense/smt/b3.00/qkv/s0"} <= set(runs)
-    assert "tiny/commonsense/smt/b3.00/qkv/s0" not in hc.expand_runs(cfg, "table3")
+    assert "tiny/commonsense/smt/b3.00/qkv/s0" not in reports.expand_runs(cfg, "table3")
 
 
 def test_snakemake_refuses_a_duplicate_key_in_the_configfile(tmp_path):

@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 from harness import config as hc
+from harness import reports
 
 CONFIGS = ["config/config.yaml", "config/test.yaml", "config/paper.yaml"]
 
@@ -60,28 +61,28 @@ def test_defaults_filled(raw):
 def test_expand_runs_dedups_shared_runs():
     cfg = hc.load_config(hc.REPO_ROOT / "config/config.yaml")
     qkv = "smollm2-135m/commonsense/smt/b0.84/qkv/s0"
-    everything = hc.expand_runs(cfg, "all")
+    everything = reports.expand_runs(cfg, "all")
     assert len(everything) == len(set(everything)) == 25  # 24 trained + the zero-shot reference
     for target in ("table3", "table2", "table4", "table6", "figure3", "figure4", "figure5"):
-        assert qkv in hc.expand_runs(cfg, target)
+        assert qkv in reports.expand_runs(cfg, target)
     assert everything.count(qkv) == 1
-    assert not any("/full_ft/" in r for r in hc.expand_runs(cfg, "table2"))  # full_ft: false (cost)
-    assert len(hc.expand_runs(cfg, "table3")) == 6  # one seed per budget
+    assert not any("/full_ft/" in r for r in reports.expand_runs(cfg, "table2"))  # full_ft: false (cost)
+    assert len(reports.expand_runs(cfg, "table3")) == 6  # one seed per budget
     # three seeds of LoRA, DoRA, SMT at 0.84 %, and the zero-shot base model once
-    assert len(hc.expand_runs(cfg, "table2")) == 10
-    assert "smollm2-135m/commonsense/zero_shot/b0.00/none/s0" in hc.expand_runs(cfg, "table2")
+    assert len(reports.expand_runs(cfg, "table2")) == 10
+    assert "smollm2-135m/commonsense/zero_shot/b0.00/none/s0" in reports.expand_runs(cfg, "table2")
     with pytest.raises(hc.ConfigError, match="unknown target"):
-        hc.expand_runs(cfg, "table9")
+        reports.expand_runs(cfg, "table9")
 
 
 def test_seeds_multiply_runs(raw):
     cfg = hc.load_config({**raw, "seeds": [0, 1, 2]})
-    assert len(hc.expand_runs(cfg, "table3")) == 3 * len(hc.expand_runs(hc.load_config(raw), "table3"))
+    assert len(reports.expand_runs(cfg, "table3")) == 3 * len(reports.expand_runs(hc.load_config(raw), "table3"))
 
 
 def test_resolve_run_shape():
     cfg = hc.load_config(hc.REPO_ROOT / "config/config.yaml")
-    run = hc.resolve_run(cfg, "smollm2-135m/math/smt/b0.86/qkv/s0")
+    run = hc.resolve_run(cfg, "smollm2-135m/math/smt/b0.86/qkv/s0").to_json()
     assert set(run) >= {"run_id", "model", "dataset", "method", "budget", "placement", "seed", "train", "deviations"}
     assert run["budget"] == pytest.approx(0.0086)
     assert run["method"]["warmup_steps"] == 5  # per-dataset override
@@ -89,9 +90,9 @@ def test_resolve_run_shape():
     assert run["model"]["path"] == "resources/models/smollm2-135m"
     assert run["dataset"]["path"] == "resources/data/math/train.json"
     assert "threads" not in run["train"] and run["seed"] == 0
-    full = hc.resolve_run(cfg, "smollm2-135m/commonsense/full_ft/b100/all/s0")
+    full = hc.resolve_run(cfg, "smollm2-135m/commonsense/full_ft/b100/all/s0").to_json()
     assert full["budget"] is None and full["placement"]["target_modules"] is None
-    split = hc.resolve_run(cfg, "smollm2-135m/commonsense/smt/b0.84/mlp25/s0")
+    split = hc.resolve_run(cfg, "smollm2-135m/commonsense/smt/b0.84/mlp25/s0").to_json()
     assert set(split["placement"]["target_modules"]) == {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj"}
     with pytest.raises(hc.ConfigError, match="not defined under `placements:`"):
         hc.resolve_run(cfg, "smollm2-135m/commonsense/smt/b0.84/nope/s0")
@@ -121,16 +122,16 @@ def test_experiment_seeds_and_table2_budgets(raw):
     cfg["experiments"]["table2"]["budgets"] = [2.0]
     cfg["experiments"]["table6"]["seeds"] = [1]
     cfg = hc.load_config(cfg)
-    sweep = hc.expand_runs(cfg, "table3")
+    sweep = reports.expand_runs(cfg, "table3")
     assert {hc.parse_run_id(r)["seed"] for r in sweep} == {0} and len(sweep) == 3 * 2
-    t2 = [hc.parse_run_id(r) for r in hc.expand_runs(cfg, "table2")]
+    t2 = [hc.parse_run_id(r) for r in reports.expand_runs(cfg, "table2")]
     assert {(p["method"], p["budget"]) for p in t2} == {("lora", 2.0), ("dora", 2.0), ("smt", 2.0),
                                                       ("full_ft", None), ("zero_shot", 0.0)}
     assert [p["seed"] for p in t2 if p["method"] == "zero_shot"] == [0]  # deterministic: evaluated once
     assert sorted(p["seed"] for p in t2 if p["method"] == "smt") == [0, 1, 2]
     assert sorted(p["seed"] for p in t2 if p["method"] == "full_ft") == [0, 1, 2]
-    assert {hc.parse_run_id(r)["seed"] for r in hc.expand_runs(cfg, "table6")} == {1}
-    everything = hc.expand_runs(cfg, "all")
+    assert {hc.parse_run_id(r)["seed"] for r in reports.expand_runs(cfg, "table6")} == {1}
+    everything = reports.expand_runs(cfg, "all")
     assert len(everything) == len(set(everything))
 
 
@@ -148,7 +149,7 @@ def test_experiment_seeds_outside_config_seeds_are_named(raw):
 def test_zero_shot_run_is_the_base_model_and_its_name_is_reserved(raw):
     cfg = hc.load_config(raw)
     rid = hc.zero_shot_run_id(cfg, "tiny", "commonsense")
-    run = hc.resolve_run(cfg, rid)
+    run = hc.resolve_run(cfg, rid).to_json()
     assert run["method"] == {"name": "zero_shot", "variant": "zero_shot", "lr": 0.0} and run["budget"] == 0.0
     assert run["placement"]["target_modules"] == [] and run["deviations"] == cfg["deviations"]
     with pytest.raises(hc.ConfigError, match="budget 0 and placement 'none'"):

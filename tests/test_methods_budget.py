@@ -4,6 +4,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import baselines
+import conftest
 from baselines.base import count_params
 from baselines.lora import rank_for_budget
 
@@ -18,8 +19,8 @@ def tiny_model():
 
 
 def run_cfg(name, budget, targets=("q_proj", "k_proj", "v_proj"), **method):
-    return {"method": {"name": name, "lr": 1e-3, **method}, "budget": budget,
-            "placement": {"name": "p", "target_modules": list(targets), "quotas": None}}
+    return conftest.run_cfg({"name": name, "lr": 1e-3, **method}, budget=budget,
+                            placement={"name": "p", "target_modules": list(targets), "quotas": None})
 
 
 def test_rank_arithmetic_by_hand():

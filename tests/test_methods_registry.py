@@ -7,6 +7,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import baselines
+import conftest
 from baselines.base import count_params
 from baselines.lora import nearest_rank, rank_for_budget, target_linears
 from baselines.settings import SettingsError
@@ -27,10 +28,10 @@ def run_cfg(name, budget=BUDGET, **settings):
     cls = baselines.get_method(name)
     if name == "smt" or issubclass(cls, baselines.get_method("smt")):
         settings = {"block_size": 16, "warmup_steps": 2, **settings}
-    return {"method": {"name": name, "variant": name, "lr": 1e-2, **settings},
-            "budget": None if name == "full_ft" else budget, "seed": 0,
-            "placement": {"name": "qkvud", "target_modules": TARGETS if name != "full_ft" else None,
-                          "quotas": None}}
+    return conftest.run_cfg({"name": name, "variant": name, "lr": 1e-2, **settings},
+                            budget=None if name == "full_ft" else budget,
+                            placement={"name": "qkvud", "target_modules": TARGETS if name != "full_ft" else None,
+                                       "quotas": None})
 
 
 def test_registry_lists_every_method_with_label_and_settings():

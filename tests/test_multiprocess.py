@@ -105,21 +105,21 @@ def worker(spec_path: str) -> None:
         out = pathlib.Path(case["out_dir"])
         if case.get("interrupt_at"):      # stop every rank right after the checkpoint of that step
             import harness.train as train_mod
-            real_ck = train_mod._Run._checkpoint
+            real_ck = train_mod.save_resumable
 
-            def checkpoint_then_stop(self, model, opt, sched, step, _at=case["interrupt_at"]):
-                real_ck(self, model, opt, sched, step)
-                if step == _at:
-                    raise KeyboardInterrupt(f"test: stopped after the checkpoint of step {step}")
+            def checkpoint_then_stop(acc, out_dir, model, opt, sched, state, _at=case["interrupt_at"]):
+                real_ck(acc, out_dir, model, opt, sched, state)
+                if state["step"] == _at:  # on every rank, after the barrier
+                    raise KeyboardInterrupt(f"test: stopped after the checkpoint of step {state['step']}")
 
-            train_mod._Run._checkpoint = checkpoint_then_stop
+            train_mod.save_resumable = checkpoint_then_stop
             try:
                 train(case["run_cfg"], out)
                 raise AssertionError("the interrupted run did not stop")
             except KeyboardInterrupt:
                 pass
             finally:
-                train_mod._Run._checkpoint = real_ck
+                train_mod.save_resumable = real_ck
         rec = train(case["run_cfg"], out)
         from accelerate import PartialState
         info = rec["train_info"]
@@ -212,7 +212,7 @@ def _logits(env, name, delta_dir):
     import baselines
     from harness.models import load_model
     from harness.prompts import tokenize_example
-    from harness.train import collate
+    from harness.train_data import collate
     model, tok = load_model(env / "model", "float32", "cpu")
     cfg = case_cfg(env, name, accum=1)
     method = baselines.get_method(cfg["method"]["name"])(cfg)

@@ -114,11 +114,13 @@ def test_saved_activations_smt_only_needed_columns():
 def test_floor_does_not_update_weights(tiny_env):
     from accelerate import Accelerator
 
-    cfg = prof._profile_cfg(run_cfg(tiny_env, "full_ft"), {"batch_size": 2})
+    from harness.run_config import RunConfig
+
+    cfg = prof._profile_run(RunConfig.from_json(run_cfg(tiny_env, "full_ft")), {"batch_size": 2})
     arm = prof._floor_arm(cfg, Accelerator(cpu=True), torch.device("cpu"))
     before = {k: v.clone() for k, v in arm.model.state_dict().items()}
-    tok = prof._tokenizer(cfg["model"]["path"])
-    from harness.train import load_examples
+    tok = prof._tokenizer(cfg.model.path)
+    from harness.train_data import load_examples
     batch = prof.fixed_batches(load_examples(cfg, tok), 1, 2, None, tok.pad_token_id)[0]
     seen = {}
     arm.model.get_input_embeddings().register_forward_hook(lambda m, i, o: seen.setdefault("emb", o))

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from harness import config as hc
+from harness import reports
 from smt.scoring import block_scores, select_blocks
 
 PAPER = hc.REPO_ROOT / "config/paper.yaml"
@@ -31,7 +32,7 @@ def authors():
 
 
 def method(cfg, rid):
-    return hc.resolve_run(cfg, rid)["method"]
+    return hc.resolve_run(cfg, rid).to_json()["method"]
 
 
 R7 = "llama-7b/commonsense/{}/b0.84/{}/s0"
@@ -39,7 +40,7 @@ R7 = "llama-7b/commonsense/{}/b0.84/{}/s0"
 
 def test_file_default_is_the_paper_recipe(paper):
     assert hc.load_config(PAPER)["recipe"] == "paper"
-    assert hc.resolve_run(paper, R7.format("smt", "qkv"))["recipe"] == "paper"
+    assert hc.resolve_run(paper, R7.format("smt", "qkv")).to_json()["recipe"] == "paper"
 
 
 @pytest.mark.parametrize("recipe, expected", [
@@ -81,7 +82,7 @@ def test_recipe_points(recipe, expected):
 @pytest.mark.parametrize("recipe", ["paper", "authors"])
 def test_every_point_is_named_in_each_record(recipe):
     cfg = load(recipe)
-    devs = " ".join(hc.resolve_run(cfg, R7.format("smt", "qkv"))["deviations"])
+    devs = " ".join(hc.resolve_run(cfg, R7.format("smt", "qkv")).to_json()["deviations"])
     for word in ("model kept", "Table 1", "Table 2", "Table 5", "Table 7", "full FT lr"):
         assert word in devs, (recipe, word)
     if recipe == "paper":
@@ -93,18 +94,18 @@ def test_every_point_is_named_in_each_record(recipe):
 
 
 def test_paper_rows_are_planned(paper, authors):
-    runs = set(hc.expand_runs(paper, "all"))
+    runs = set(reports.expand_runs(paper, "all"))
     for rid in ("llama-13b/commonsense/smt/b0.68/qkv/s0", "llama-13b/commonsense/dora/b0.68/qkvud/s0",
                 "llama3-8b/commonsense/smt/b0.71/qkv/s0", "llama3-8b/commonsense/dora/b0.71/qkvud/s0",
                 "llama3-8b/commonsense/smt/b3.01/qkv/s0", "llama-7b/math/smt_lr1e4/b0.86/qkv/s0",
                 "llama-7b/math/smt_lr3e4/b0.86/qkv/s0", "llama-7b/math/smt_lr965e8/b0.86/qkv/s0",
                 "llama-7b/commonsense/smt_random/b0.84/qkv/s0", "llama-7b/commonsense/smt_gradonly/b0.84/qkv/s0"):
         assert rid in runs, rid
-    assert set(hc.expand_runs(paper, "table2")) >= {"llama-13b/commonsense/smt/b0.68/qkv/s0"}
+    assert set(reports.expand_runs(paper, "table2")) >= {"llama-13b/commonsense/smt/b0.68/qkv/s0"}
     assert len(runs) == 103
-    t7 = hc.expand_runs(authors, "table7")
+    t7 = reports.expand_runs(authors, "table7")
     assert "llama-7b/commonsense/smt_meanabs/b0.84/qkv/s0" in t7  # the other scoring under each recipe
-    assert "llama-7b/commonsense/smt_absmean/b0.84/qkv/s0" in hc.expand_runs(paper, "table7")
+    assert "llama-7b/commonsense/smt_absmean/b0.84/qkv/s0" in reports.expand_runs(paper, "table7")
     lrs = {method(paper, f"llama-7b/math/{m}/b0.86/qkv/s0")["lr"]
            for m in paper["experiments"]["table5"]["methods"] if m.startswith("smt")}
     assert lrs == {9.65e-6, 1e-4, 2e-4, 3e-4}
@@ -166,11 +167,11 @@ def test_authors_recipe_scoring_is_the_authors_attention_call(authors, paper):
 
 def test_the_optimizer_uses_train_adam_betas(authors):
     """The record says adam_betas; the optimizer must use them (authors: (0.9, 0.95))."""
-    from harness.train import make_optimizer
+    from harness.step import make_optimizer
 
     model = torch.nn.Linear(4, 4)
     run = hc.resolve_run(authors, R7.format("smt", "qkv"))
     opt, _ = make_optimizer(model, run, total_steps=10, offset=0)
     assert opt.param_groups[0]["betas"] == (0.9, 0.95)
-    run["train"]["adam_betas"] = [0.8, 0.99]
+    run = run.replace(train=run.train.replace(adam_betas=(0.8, 0.99)))
     assert make_optimizer(model, run, 10, 0)[0].param_groups[0]["betas"] == (0.8, 0.99)

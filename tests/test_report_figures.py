@@ -6,7 +6,9 @@ import pytest
 from test_report_tables import _seeds, cfg, default_accuracy, macro, write_runs  # noqa: F401 (fixture)
 
 from harness import config as hc
-from harness import report
+from harness import reports as report
+from harness.reports.cells import PRIOR_ROW
+from harness.reports.runs import method_label
 
 
 def _plan(n_layers=2):
@@ -19,13 +21,13 @@ def _plan(n_layers=2):
 
 
 def test_figure3_draws_each_method_at_its_reached_budget_with_intervals(tmp_path, cfg):
-    rids = hc.expand_runs(cfg, "figure3")
+    rids = report.expand_runs(cfg, "figure3")
     reached = {r: 0.0262 for r in rids if "/lora/b2.00/" in r}
     paths = write_runs(tmp_path, cfg, rids, reached=reached)
     fig, frame, caption = report.figure_data("figure3", cfg, paths)
     assert len(frame) == 6  # 3 methods x 2 budgets
     lora2 = frame[(frame.method == "lora") & (frame.budget == 2.0)].iloc[0]
-    assert lora2.reached == pytest.approx(2.62) and lora2.label == report.method_label(cfg, "lora")
+    assert lora2.reached == pytest.approx(2.62) and lora2.label == method_label(cfg, "lora")
     for row in frame.itertuples():
         mean, spread = macro(tmp_path, _seeds(cfg, "tiny", "commonsense", row.method, row.budget))
         assert row.acc == pytest.approx(mean) and row.spread == pytest.approx(spread)
@@ -38,7 +40,7 @@ def test_figure3_draws_each_method_at_its_reached_budget_with_intervals(tmp_path
 
 def test_placement_figures_show_accuracy_per_placement(tmp_path, cfg):
     for name, table in (("figure_table4", "table4"), ("figure_table6", "table6")):
-        rids = hc.expand_runs(cfg, table)
+        rids = report.expand_runs(cfg, table)
         status = {rids[0]: ("diverged", "nan"), rids[1]: ("diverged", "nan")}  # first placement: no result
         paths = write_runs(tmp_path / name, cfg, rids, status=status)
         _, frame, _ = report.figure_data(name, cfg, paths)
@@ -52,7 +54,7 @@ def test_placement_figures_show_accuracy_per_placement(tmp_path, cfg):
 
 
 def test_val_loss_figure_uses_the_recorded_curves_and_skips_runs_without(tmp_path, cfg):
-    rids = hc.expand_runs(cfg, "table3")
+    rids = report.expand_runs(cfg, "table3")
     curves = {rids[0]: {"val_curve": [{"step": 0, "val_loss": 3.0}, {"step": 5, "val_loss": 2.5}]},
               rids[-1]: {"val_curve": [{"step": 0, "val_loss": 3.1}, {"step": 5, "val_loss": 2.0},
                                        {"step": 10, "val_loss": 1.5}]}}
@@ -68,7 +70,7 @@ def test_val_loss_figure_uses_the_recorded_curves_and_skips_runs_without(tmp_pat
 
 
 def test_pareto_has_one_point_per_evaluated_run(tmp_path, cfg):
-    rids = hc.expand_runs(cfg, "table2")
+    rids = report.expand_runs(cfg, "table2")
     ti = {rids[0]: {"steps": 20, "train_seconds": 8.0, "peak_memory_bytes": 3 * 2**20, "trainable_params": 1234}}
     status = {rids[1]: ("failed", "oom")}
     paths = write_runs(tmp_path, cfg, rids, status=status, train_info=ti)
@@ -89,7 +91,7 @@ def test_pareto_has_one_point_per_evaluated_run(tmp_path, cfg):
     for ax in fig.axes:
         flat = [ln for ln in ax.get_lines() if len(set(ln.get_ydata())) == 1]
         assert any(ln.get_ydata()[0] == pytest.approx(level) for ln in flat), ax.get_xlabel()
-    assert report.PRIOR_ROW in caption
+    assert PRIOR_ROW in caption
     zero_level = macro(tmp_path, [zero])[0]
     for ax in fig.axes:
         flat = [ln for ln in ax.get_lines() if len(set(ln.get_ydata())) == 1]
@@ -99,7 +101,7 @@ def test_pareto_has_one_point_per_evaluated_run(tmp_path, cfg):
 
 
 def test_figure7_shows_each_variant_with_size_and_step_time(tmp_path, cfg):
-    rids = hc.expand_runs(cfg, "figure7")
+    rids = report.expand_runs(cfg, "figure7")
     ti = {r: {"adapter_bytes": 3 * 2**20} for r in rids if "/smt_random/" in r}
     paths = write_runs(tmp_path, cfg, rids, train_info=ti)
     _, frame, _ = report.figure_data("figure7", cfg, paths)
@@ -113,7 +115,7 @@ def test_figure7_shows_each_variant_with_size_and_step_time(tmp_path, cfg):
 
 def test_plan_figures(tmp_path, cfg):
     for name in ("figure4", "figure5"):
-        paths = write_runs(tmp_path / name, cfg, hc.expand_runs(cfg, name))
+        paths = write_runs(tmp_path / name, cfg, report.expand_runs(cfg, name))
         for p in paths:
             (p.parent / "plan.json").write_text(json.dumps(_plan()))
         _, frame, _ = report.figure_data(name, cfg, paths)

@@ -12,7 +12,10 @@ import pandas as pd
 import pytest
 
 from harness import config as hc
-from harness import report
+from harness import reports
+from harness import reports as report
+from harness.reports.cells import DAGGER, DAGGER_NOTE, VAL_LOSS_NOTE
+from harness.reports.runs import method_label
 from harness.evaluate import task_summary
 from harness.tasks import TASKS
 
@@ -116,9 +119,9 @@ def _seeds(cfg, model, dataset, method, budget, placement=None):
 
 
 def test_table2_rows_are_each_methods_best_and_smt_at_each_baselines_budget(tmp_path, cfg):
-    paths = write_runs(tmp_path, cfg, hc.expand_runs(cfg, "table2"))
+    paths = write_runs(tmp_path, cfg, reports.expand_runs(cfg, "table2"))
     df = report.make_table("table2", cfg, paths, tmp_path / "out" / "table2")
-    lab = lambda m: report.method_label(cfg, m)  # noqa: E731
+    lab = lambda m: method_label(cfg, m)  # noqa: E731
     assert list(df.Method) == [f"{lab('lora')} (Best)", f"{lab('dora')} (Best)",
                                f"SMT (at {lab('lora')} best budget)", f"SMT (at {lab('dora')} best budget)",
                                "SMT (Best)", lab("full_ft"), lab("zero_shot"), "label prior"]
@@ -169,17 +172,17 @@ def test_table2_rows_are_each_methods_best_and_smt_at_each_baselines_budget(tmp_
 
 def test_table2_places_a_method_at_its_reached_budget_and_pairs_smt_by_it(tmp_path, cfg):
     # LoRA's 2 % run reached 3.8 %: SMT at LoRA's best budget is then SMT at 4 % (3.92 % reached)
-    rids = hc.expand_runs(cfg, "table2")
+    rids = reports.expand_runs(cfg, "table2")
     reached = {r: 0.038 for r in rids if "/lora/b2.00/" in r}
     df = report.make_table("table2", cfg, write_runs(tmp_path, cfg, rids, reached=reached), tmp_path / "t2")
     rows = df.set_index("Method")
-    lab = report.method_label(cfg, "lora")
+    lab = method_label(cfg, "lora")
     assert rows.loc[f"{lab} (Best)", "Params%"] == "3.80"
     assert rows.loc[f"SMT (at {lab} best budget)", "Params%"] == "3.92"
 
 
 def test_failed_and_diverged_runs_are_shown_with_their_reason(tmp_path, cfg):
-    rids = hc.expand_runs(cfg, "table2")
+    rids = reports.expand_runs(cfg, "table2")
     status = {"tiny/commonsense/lora/b2.00/qkvud/s1": ("diverged", "loss is nan at step 7"),
               "tiny/commonsense/dora/b2.00/qkvud/s0": ("failed", "CUDA out of memory"),
               "tiny/commonsense/dora/b2.00/qkvud/s1": ("failed", "CUDA out of memory"),
@@ -187,7 +190,7 @@ def test_failed_and_diverged_runs_are_shown_with_their_reason(tmp_path, cfg):
               "tiny/commonsense/dora/b4.00/qkvud/s1": ("failed", "killed")}
     df = report.make_table("table2", cfg, write_runs(tmp_path, cfg, rids, status=status), tmp_path / "t2")
     rows = df.set_index("Method")
-    lora, dora = (f"{report.method_label(cfg, m)} (Best)" for m in ("lora", "dora"))
+    lora, dora = (f"{method_label(cfg, m)} (Best)" for m in ("lora", "dora"))
     assert rows.loc[lora, "seeds"] == "1/2"  # one seed diverged: the other one is shown, marked
     mean, _ = macro(tmp_path, ["tiny/commonsense/lora/b2.00/qkvud/s0"])
     assert parse_cell(rows.loc[lora, "AVG"])[0] == pytest.approx(mean, abs=0.051)
@@ -203,7 +206,7 @@ def test_failed_and_diverged_runs_are_shown_with_their_reason(tmp_path, cfg):
 def test_footnote_numbers_match_the_marks_and_skip_the_explanatory_notes(tmp_path, cfg):
     # the dagger note comes first (a degenerate task), then a failure the cells point to: the
     # failure is footnote 1, and neither the dagger nor the val-loss note takes a number
-    rids = hc.expand_runs(cfg, "table6")
+    rids = reports.expand_runs(cfg, "table6")
     deg = {(rid, task) for rid in rids for task in ("boolq", "piqa")}
     status = {rids[-1]: ("failed", "killed by the scheduler")}
     df = report.make_table("table6", cfg, write_runs(tmp_path, cfg, rids, degenerate=deg, status=status),
@@ -212,31 +215,31 @@ def test_footnote_numbers_match_the_marks_and_skip_the_explanatory_notes(tmp_pat
     assert marks == {"[1]"}
     footer = (tmp_path / "t6.md").read_text().splitlines()
     assert f"1. {rids[-1]}: failed: killed by the scheduler  " in footer
-    assert f"{report.DAGGER_NOTE}  " in footer
-    assert not any(line.split(". ", 1)[-1].startswith(report.DAGGER) for line in footer if line[:1].isdigit())
+    assert f"{DAGGER_NOTE}  " in footer
+    assert not any(line.split(". ", 1)[-1].startswith(DAGGER) for line in footer if line[:1].isdigit())
 
 
 def test_missing_evaluation_is_shown_not_fatal(tmp_path, cfg):
-    paths = write_runs(tmp_path, cfg, hc.expand_runs(cfg, "table6"))
+    paths = write_runs(tmp_path, cfg, reports.expand_runs(cfg, "table6"))
     (paths[0].parent / "eval" / "commonsense.json").unlink()
     df = report.make_table("table6", cfg, paths, tmp_path / "t6")
     assert df.seeds.iloc[0] == "1/2" and "no evaluation" in " ".join(df.attrs["footnotes"])
 
 
 def test_degenerate_predictions_are_marked(tmp_path, cfg):
-    rids = hc.expand_runs(cfg, "table6")
+    rids = reports.expand_runs(cfg, "table6")
     deg = {("tiny/commonsense/smt/b2.00/k/s1", "piqa")}
     df = report.make_table("table6", cfg, write_runs(tmp_path, cfg, rids, degenerate=deg), tmp_path / "t6")
     k = df.iloc[0]
-    assert k.piqa.endswith(report.DAGGER) and not k.boolq.endswith(report.DAGGER)
-    assert not any(c.endswith(report.DAGGER) for c in df.iloc[1][["boolq", "piqa"]])
-    assert report.DAGGER_NOTE in df.attrs["footnotes"]
+    assert k.piqa.endswith(DAGGER) and not k.boolq.endswith(DAGGER)
+    assert not any(c.endswith(DAGGER) for c in df.iloc[1][["boolq", "piqa"]])
+    assert DAGGER_NOTE in df.attrs["footnotes"]
 
 
 def test_table3_marks_best_only_when_significant_and_shows_paired_differences(tmp_path, cfg):
-    paths = write_runs(tmp_path, cfg, hc.expand_runs(cfg, "table3"))
+    paths = write_runs(tmp_path, cfg, reports.expand_runs(cfg, "table3"))
     df = report.make_table("table3", cfg, paths, tmp_path / "table3").set_index("Method")
-    lora, dora = report.method_label(cfg, "lora"), report.method_label(cfg, "dora")
+    lora, dora = method_label(cfg, "lora"), method_label(cfg, "dora")
     assert df.loc[lora, "2.00"].endswith(" *") and not df.loc[lora, "4.00"].endswith("*")  # 80 vs 62
     assert df.loc[dora, "4.00"].endswith(" *")
     assert df.loc["SMT", "2.00"].endswith(" ≈") and df.loc["SMT", "4.00"].endswith(" ≈")  # 70 vs 76: a tie
@@ -248,7 +251,7 @@ def test_table3_marks_best_only_when_significant_and_shows_paired_differences(tm
 
 def test_tables_4_5_6_7(tmp_path, cfg):
     for name in ("table4", "table5", "table6", "table7"):
-        paths = write_runs(tmp_path / name, cfg, hc.expand_runs(cfg, name))
+        paths = write_runs(tmp_path / name, cfg, reports.expand_runs(cfg, name))
         df = report.make_table(name, cfg, paths, tmp_path / name / "out")
         assert df.iloc[-1].iloc[0 if name == "table7" else 1] == "label prior", name
         assert not (df.AVG == "n/a").any(), name
@@ -256,26 +259,15 @@ def test_tables_4_5_6_7(tmp_path, cfg):
     assert list(df4["MLP%"])[:4] == ["2.00", "1.00", "0.50", "0.00"]
     df7 = report.make_table("table7", cfg, list((tmp_path / "table7").rglob("record.json")), tmp_path / "t7")
     rows = df7.set_index("Variant")
-    random_label = report.method_label(cfg, "smt_random")
+    random_label = method_label(cfg, "smt_random")
     smt, _ = macro(tmp_path / "table7", _seeds(cfg, "tiny", "commonsense", "smt", 2.0, "qkv"))
     rnd, _ = macro(tmp_path / "table7", _seeds(cfg, "tiny", "commonsense", "smt_random", 2.0, "qkv"))
     assert float(rows.loc[random_label, "variant − SMT"].split()[0]) == pytest.approx(rnd - smt, abs=0.051)
     assert rows.loc[random_label, "delta MB"] == "1.00" and rows.loc[random_label, "s/step"] == "0.500"
 
 
-def test_table1_from_profiles(tmp_path, cfg):
-    paths = []
-    for method, t in (("full_ft", 2.0), ("smt", 0.5), ("lora", 0.8), ("dora", 1.0)):
-        prof = {"method": method, "step_seconds_mean": t, "peak_memory_bytes": 2**20,
-                "budget_reached": 0.01 if method != "full_ft" else 1.0}
-        paths.append(tmp_path / f"{method}.json")
-        paths[-1].write_text(json.dumps(prof))
-    df = report.make_table("table1", cfg, paths, tmp_path / "table1").set_index("Method")
-    assert df.loc["smt", "Speed-up"] == "4.00x" and df.loc["full_ft", "Params%"] == 100.0
-
-
 def test_corrupt_eval_names_the_file(tmp_path, cfg):
-    paths = write_runs(tmp_path, cfg, hc.expand_runs(cfg, "table6"))
+    paths = write_runs(tmp_path, cfg, reports.expand_runs(cfg, "table6"))
     bad = paths[1].parent / "eval" / "commonsense.json"
     bad.write_text("{")
     with pytest.raises(ValueError, match=str(bad)):
@@ -284,17 +276,17 @@ def test_corrupt_eval_names_the_file(tmp_path, cfg):
 
 def test_equal_methods_are_shown_as_a_tie_not_a_best(tmp_path, cfg):
     # every placement of Table 6 has the same true accuracy (70 %): no row may be called "best"
-    df = report.make_table("table6", cfg, write_runs(tmp_path, cfg, hc.expand_runs(cfg, "table6")), tmp_path / "t6")
+    df = report.make_table("table6", cfg, write_runs(tmp_path, cfg, reports.expand_runs(cfg, "table6")), tmp_path / "t6")
     assert "best" not in list(df.best) and list(df.best).count("tied best") >= 2
     # ...while a clearly better placement is the one best
     better = lambda rid: 0.95 if "/v/" in rid else default_accuracy(rid)  # noqa: E731
-    df = report.make_table("table6", cfg, write_runs(tmp_path / "b", cfg, hc.expand_runs(cfg, "table6"), better),
+    df = report.make_table("table6", cfg, write_runs(tmp_path / "b", cfg, reports.expand_runs(cfg, "table6"), better),
                            tmp_path / "t6b")
     assert list(df.best[:4]) == ["", "", "best", ""]
 
 
 def test_val_loss_column_is_the_mean_and_range_over_seeds(tmp_path, cfg):
-    rids = hc.expand_runs(cfg, "table2")
+    rids = reports.expand_runs(cfg, "table2")
     vals = {r: {"final_val_loss": 0.5 + 0.01 * i, "val_prior_loss": 0.55,
                 "val_curve": [{"step": 0, "val_loss": 2.0}, {"step": 10, "val_loss": 0.5 + 0.01 * i}]}
             for i, r in enumerate(rids)}
@@ -303,13 +295,15 @@ def test_val_loss_column_is_the_mean_and_range_over_seeds(tmp_path, cfg):
     smt = [vals[r]["final_val_loss"] for r in _seeds(cfg, "tiny", "commonsense", "smt", 4.0)]
     assert rows.loc["SMT (Best)", "val loss"] == \
         f"{sum(smt) / len(smt):.4f} ({min(smt):.4f}–{max(smt):.4f})"
-    assert report.VAL_LOSS_NOTE in df.attrs["footnotes"]
+    assert VAL_LOSS_NOTE in df.attrs["footnotes"]
     assert rows.loc["label prior", "val loss"] == "0.5500"  # the loss of a label-prior-only model
-    from harness.report import Ctx, load_run, val_loss_frame
+    from harness.reports.cells import Ctx
+    from harness.reports.runs import load_run
+    from harness.reports.targets.figure_val_loss import frame as val_loss_frame
     frame = val_loss_frame(Ctx("table2", cfg, [load_run(p) for p in tmp_path.rglob("record.json")]))
     assert len(frame) == 2 * len(rids) and set(frame.prior_level) == {0.55}
     plain = report.make_table("table2", cfg, write_runs(tmp_path / "b", cfg, rids), tmp_path / "u2")
-    assert set(plain["val loss"]) <= {"-", ""} and report.VAL_LOSS_NOTE not in plain.attrs["footnotes"]
+    assert set(plain["val loss"]) <= {"-", ""} and VAL_LOSS_NOTE not in plain.attrs["footnotes"]
 
 
 def test_table2_at_one_budget_names_it_and_compares_each_baseline_with_the_one_smt_row(tmp_path):
@@ -317,9 +311,9 @@ def test_table2_at_one_budget_names_it_and_compares_each_baseline_with_the_one_s
     cfg = hc.load_config({**raw, "seeds": [0, 1],
                           "experiments": {**raw["experiments"], "table2": {**raw["experiments"]["table2"],
                                                                            "budgets": [2.0]}}})
-    rids = hc.expand_runs(cfg, "table2")
+    rids = reports.expand_runs(cfg, "table2")
     df = report.make_table("table2", cfg, write_runs(tmp_path, cfg, rids), tmp_path / "t2")
-    lab = lambda m: report.method_label(cfg, m)  # noqa: E731
+    lab = lambda m: method_label(cfg, m)  # noqa: E731
     assert list(df.Method) == [f"{lab('lora')} (2.00 %)", f"{lab('dora')} (2.00 %)", "SMT (2.00 %)",
                                lab("full_ft"), lab("zero_shot"), "label prior"]
     rows = df.set_index("Method")

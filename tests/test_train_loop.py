@@ -6,9 +6,13 @@ import pytest
 import torch
 
 import baselines
+import harness.checkpoint as checkpoint_mod
+import harness.step as step_mod
 import harness.train as train_mod
+import harness.train_data as train_data
 from harness.models import load_model
-from harness.train import DivergedError, train
+from harness.step import DivergedError
+from harness.train import train
 from conftest import make_tiny_env, tiny_run_cfg
 
 torch.set_num_threads(1)
@@ -26,7 +30,7 @@ def make_cfg(env, name, steps=12, **train):
 
 def batch_loss(model, tok, env):
     from harness.prompts import tokenize_example
-    from harness.train import collate
+    from harness.train_data import collate
     recs = json.loads((env / "train.json").read_text())
     batch = collate(tok.pad_token_id)([tokenize_example(tok, r, 320, False, True) for r in recs])
     with torch.no_grad():
@@ -70,7 +74,7 @@ def test_method_trains_and_delta_reloads(tiny_env, tmp_path, monkeypatch, name):
 def test_resume_matches_uninterrupted(tiny_env, tmp_path, monkeypatch, name):
     cfg = make_cfg(tiny_env, name, steps=10, checkpoint_every=4)
     full = train(cfg, tmp_path / "full")
-    real_save = train_mod.save_checkpoint
+    real_save = checkpoint_mod.save_checkpoint
 
     def save_then_die(out_dir, model, opt, sched, state):
         path = real_save(out_dir, model, opt, sched, state)
@@ -78,11 +82,11 @@ def test_resume_matches_uninterrupted(tiny_env, tmp_path, monkeypatch, name):
             raise KeyboardInterrupt
         return path
 
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(checkpoint_mod, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "cut")
     assert json.loads((tmp_path / "cut" / "record.json").read_text())["run_info"]["status"] == "interrupted"
-    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    monkeypatch.setattr(checkpoint_mod, "save_checkpoint", real_save)
     resumed = train(cfg, tmp_path / "cut")
     assert resumed["train_info"]["resumed_from_step"] == 8
     attempts = resumed["run_info"]["attempts"]
@@ -112,11 +116,13 @@ def test_nonfinite_loss_is_diverged(tiny_env, tmp_path):
 
 
 def test_unknown_method_and_missing_data_are_recorded(tiny_env, tmp_path):
+    from harness.run_config import RunConfigError
+
     cfg = make_cfg(tiny_env, "lora")
-    cfg["method"]["name"] = "nope"
-    with pytest.raises(KeyError, match="unknown method 'nope'"):
+    cfg["method"]["name"] = "nope"  # bad input: refused before any work, naming the key; nothing ran, no record
+    with pytest.raises(RunConfigError, match=r"method.name: no method 'nope'"):
         train(cfg, tmp_path / "a")
-    assert json.loads((tmp_path / "a" / "record.json").read_text())["run_info"]["status"] == "failed"
+    assert not (tmp_path / "a" / "record.json").exists()
     cfg = make_cfg(tiny_env, "lora")
     cfg["dataset"]["path"] = str(tmp_path / "none.json")
     with pytest.raises(FileNotFoundError, match="prepare_data"):
@@ -190,7 +196,7 @@ def heldout(env, n):
 def records_loss(model, tok, recs):
     """Token-weighted mean loss of HF's own forward over recs, one record at a time."""
     from harness.prompts import tokenize_example
-    from harness.train import collate
+    from harness.train_data import collate
     total = count = 0
     with torch.no_grad():
         for r in recs:
@@ -284,7 +290,7 @@ def _method_model(env, name):
 
 def _batch(tok):
     from harness.prompts import tokenize_example
-    from harness.train import collate
+    from harness.train_data import collate
     recs = [{"instruction": f"Is {a} odd?{' really' * a} Answer format: true/false", "input": "",
              "output": f"the correct answer is {str(a % 2 == 1).lower()}", "answer": ""} for a in (1, 4, 7)]
     return collate(tok.pad_token_id)([tokenize_example(tok, r, 320, False, True) for r in recs])
@@ -351,17 +357,17 @@ def test_prior_val_loss_is_the_label_frequencies_cross_entropy_per_answer_token(
     train_records = [_mc("solution1")] * 3 + [_mc("solution2")] + [_mc("true", "true/false")] * 2
     val_records = [_mc("solution1"), _mc("solution2"), _mc("false", "true/false")]
     val_examples = [{"labels": [-100, -100, 5, 6, 7]}, {"labels": [-100, 5, 6, 7, 8]}, {"labels": [9, 9]}]
-    got = train_mod.prior_val_loss(train_records, val_records, val_examples)
+    got = train_data.prior_val_loss(train_records, val_records, val_examples)
     # add-one smoothed frequencies per answer format: solution1 4/6, solution2 2/6, false 1/4
     want = -(math.log(4 / 6) + math.log(2 / 6) + math.log(1 / 4)) / (3 + 4 + 2)
     assert got == pytest.approx(want, abs=1e-6)
     # the same label under another answer format has its own prior
-    other = train_mod.prior_val_loss(train_records + [_mc("solution2", "solution1/solution2/solution3")] * 9,
+    other = train_data.prior_val_loss(train_records + [_mc("solution2", "solution1/solution2/solution3")] * 9,
                                      val_records, val_examples)
     assert other == pytest.approx(want, abs=1e-6)
     # arithmetic answers (a rationale) have no label prior; nothing held out: none either
-    assert train_mod.prior_val_loss(train_records, [{"instruction": "2+2?", "output": "4"}], val_examples[:1]) is None
-    assert train_mod.prior_val_loss(train_records, [], []) is None
+    assert train_data.prior_val_loss(train_records, [{"instruction": "2+2?", "output": "4"}], val_examples[:1]) is None
+    assert train_data.prior_val_loss(train_records, [], []) is None
 
 
 def test_prior_val_loss_is_recorded(tiny_env, tmp_path):

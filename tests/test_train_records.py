@@ -12,10 +12,15 @@ import pytest
 import torch
 
 import harness.records as records_mod
+import harness.checkpoint as checkpoint_mod
+import harness.step as step_mod
 import harness.train as train_mod
+import harness.train_data as train_data
 from harness.models import load_model
 from harness.records import failed_runs, failed_runs_report, fingerprint, fingerprint_inputs, meta_info, read_attempts
-from harness.train import CKPT_DIR, CKPT_FILE, DivergedError, train
+from harness.checkpoint import CKPT_DIR, CKPT_FILE
+from harness.step import DivergedError
+from harness.train import train
 from test_train_loop import LR, expected_lr, make_cfg, tiny_env  # noqa: F401 (fixture)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -23,7 +28,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 def die_after_checkpoint(monkeypatch, at_step):
     """Make save_checkpoint raise KeyboardInterrupt right after writing the checkpoint of at_step."""
-    real = train_mod.save_checkpoint
+    real = checkpoint_mod.save_checkpoint
 
     def save_then_die(out_dir, model, opt, sched, state):
         path = real(out_dir, model, opt, sched, state)
@@ -31,7 +36,7 @@ def die_after_checkpoint(monkeypatch, at_step):
             raise KeyboardInterrupt
         return path
 
-    monkeypatch.setattr(train_mod, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(checkpoint_mod, "save_checkpoint", save_then_die)
     return real
 
 
@@ -66,7 +71,7 @@ def test_changed_config_starts_afresh_with_the_new_lr_throughout(tiny_env, tmp_p
     with pytest.raises(KeyboardInterrupt):
         train(old, tmp_path / "run")
     assert (tmp_path / "run" / CKPT_DIR / CKPT_FILE).is_file()
-    monkeypatch.setattr(train_mod, "save_checkpoint", real)
+    monkeypatch.setattr(checkpoint_mod, "save_checkpoint", real)
     new = make_cfg(tiny_env, "lora", steps=8, checkpoint_every=3)
     new["method"]["lr"] = 1e-2
     rec = train(new, tmp_path / "run")
@@ -90,7 +95,7 @@ def test_moved_files_and_other_threads_still_resume(tiny_env, tmp_path, monkeypa
     monkeypatch.setattr(records_mod, "meta_info", meta_at("a" * 40, True))
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "run")
-    monkeypatch.setattr(train_mod, "save_checkpoint", real)
+    monkeypatch.setattr(checkpoint_mod, "save_checkpoint", real)
     monkeypatch.setattr(records_mod, "meta_info", meta_at("b" * 40, False))  # a commit between attempts
     moved = tmp_path / "moved-env"
     shutil.copytree(tiny_env, moved)
@@ -113,7 +118,7 @@ def test_smt_plan_of_another_fingerprint_is_not_reused(tiny_env, tmp_path, monke
     assert plan["meta"]["run_fingerprint"] == record(tmp_path / "run")["run_info"]["fingerprint"]
     plan["meta"]["run_fingerprint"] = "0" * 64  # a plan left by another run
     plan_file.write_text(json.dumps(plan))
-    monkeypatch.setattr(train_mod, "save_checkpoint", real)
+    monkeypatch.setattr(checkpoint_mod, "save_checkpoint", real)
     rec = train(cfg, tmp_path / "run")
     reason = rec["run_info"]["attempts"][-1]["fresh_start_reason"]
     assert "plan.json" in reason and "resumed_from_step" not in rec["train_info"]
@@ -124,14 +129,14 @@ def test_smt_plan_of_another_fingerprint_is_not_reused(tiny_env, tmp_path, monke
 # ---- divergence and failure ------------------------------------------------------------------
 def test_diverged_run_keeps_its_curve_and_is_never_resumed(tiny_env, tmp_path, monkeypatch):
     cfg = make_cfg(tiny_env, "lora", steps=8, checkpoint_every=2)
-    real_loss, calls = train_mod.causal_lm_loss, {"n": 0}
+    real_loss, calls = step_mod.causal_lm_loss, {"n": 0}
 
     def nan_at_step_6(model, batch, **k):
         calls["n"] += 1
         loss = real_loss(model, batch, **k)
         return loss * float("nan") if calls["n"] == 6 else loss
 
-    monkeypatch.setattr(train_mod, "causal_lm_loss", nan_at_step_6)
+    monkeypatch.setattr(step_mod, "causal_lm_loss", nan_at_step_6)
     with pytest.raises(DivergedError, match="non-finite loss .* step 6"):
         train(cfg, tmp_path / "run")
     rec = record(tmp_path / "run")
@@ -139,7 +144,7 @@ def test_diverged_run_keeps_its_curve_and_is_never_resumed(tiny_env, tmp_path, m
     assert [c["step"] for c in rec["train_info"]["loss_curve"]] == [1, 2, 3, 4, 5]
     assert rec["train_info"]["steps"] == 5 and rec["run_info"]["traceback"]
     assert not (tmp_path / "run" / CKPT_DIR).exists()  # the step-4 checkpoint is gone
-    monkeypatch.setattr(train_mod, "causal_lm_loss", real_loss)
+    monkeypatch.setattr(step_mod, "causal_lm_loss", real_loss)
     cfg["method"]["lr"] = LR["lora"] / 10
     again = train(cfg, tmp_path / "run")
     attempts = again["run_info"]["attempts"]
@@ -232,8 +237,8 @@ def test_a_training_set_prepared_from_another_spec_is_refused(tiny_env, tmp_path
     with pytest.raises(ValueError, match=r"prepared from dataset spec .*max_records': 40.*--forcerun"):
         train(cfg, tmp_path / "other")
     assert record(tmp_path / "other")["run_info"]["status"] == "failed"
-    train_mod.check_prepared_spec(data, spec)  # the spec it was prepared from passes
-    train_mod.check_prepared_spec(data, None)  # a run_cfg without a spec (library use) is not checked
+    train_data.check_prepared_spec(data, spec)  # the spec it was prepared from passes
+    train_data.check_prepared_spec(data, None)  # a run_cfg without a spec (library use) is not checked
 
 
 def test_git_dirty_means_code_changed_not_outputs_written(tmp_path, monkeypatch):

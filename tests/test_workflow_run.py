@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from harness import config as hc
+from harness import reports
 from harness.config import REPO_ROOT
 from test_workflow_dag import job_counts, snakemake
 
@@ -52,7 +53,7 @@ def test_every_table_and_figure_is_written(tiny_run):
 
 def test_every_run_has_an_ok_record_with_evaluation(tiny_run):
     out, _, cfg = tiny_run
-    run_ids = {rid for target in hc.TARGETS for rid in hc.expand_runs(cfg, target)}
+    run_ids = {rid for target in reports.TARGETS for rid in reports.expand_runs(cfg, target)}
     assert run_ids
     for rid in run_ids:
         rec = json.loads((out / "results" / "runs" / rid / "record.json").read_text())
@@ -75,7 +76,7 @@ def test_nothing_left_to_do_and_a_lost_output_is_redone_alone(tiny_run):
     assert res.returncode == 0 and re.search(r"Nothing to be done", res.stdout + res.stderr), res.stdout[-2000:]
     # a lost table and one lost evaluation (Snakemake does not redo a missing intermediate
     # file while everything downstream of it is present): only those two jobs run again
-    rid = hc.expand_runs(cfg, "table6")[0]
+    rid = reports.expand_runs(cfg, "table6")[0]
     (out / "results" / "runs" / rid / "eval" / f"{hc.suite_of(cfg, rid)}.json").unlink()
     (out / "results" / "tables" / "table6.md").unlink()
     res = snakemake("-n", f"--configfile={cfg_file}", "all")

@@ -15,10 +15,13 @@ if "--deepspeed" in args:
 accum = int(args[args.index("--accum") + 1]) if "--accum" in args else 1
 torch.set_num_threads(1)
 world = int(os.environ.get("WORLD_SIZE", 1))
-run_cfg = {"method": {"name": "smt"}, "model": {"device": "cpu", "dtype": "float32"},
-           "train": {"micro_batch_size": 2, "grad_accum": accum, "max_grad_norm": 1.0}}
+from harness.run_config import RunConfig
+run = RunConfig.from_json({"run_id": "probe/smt", "method": {"name": "smt"},
+                           "model": {"name": "tiny", "path": "-", "device": "cpu", "dtype": "float32"},
+                           "dataset": {"name": "none", "path": "-"},
+                           "train": {"micro_batch_size": 2, "grad_accum": accum, "max_grad_norm": 1.0}})
 class M: name, warmup_steps, warmup_mode = "smt", 2, "full_ft"
-acc = launch.build_accelerator(run_cfg, M())
+acc = launch.build_accelerator(run, M())
 model, tok = _tiny_model({"seed": 0})
 g = torch.Generator().manual_seed(0)
 data = torch.randint(4, 200, (64, 16), generator=g)
@@ -47,7 +50,7 @@ def run_steps(pm, popt, n, start, hook=None):
             grads_none.append(all(m.weight.grad is None for m in scorer.modules.values()))
             hook()
         if not launch.is_deepspeed(acc):
-            if run_cfg["train"]["max_grad_norm"]:
+            if run.train.max_grad_norm:
                 acc.clip_grad_norm_([p for p in pm.parameters() if p.requires_grad], 1.0)
             popt.step()
         launch.zero_grad(acc, pm)

@@ -1,5 +1,5 @@
 # Shared helpers: the validated config (CFG), output paths and input functions.
-# All sweep logic is in harness/config.py; nothing heavy is imported here.
+# Which runs a target needs is in its module (harness/reports/targets/); run configs in harness/config.py.
 import functools
 import json
 import os
@@ -8,6 +8,7 @@ import sys
 sys.path.insert(0, workflow.basedir)  # harness importable before `pip install -e .`
 
 from harness import config as hc
+from harness import reports
 
 
 # Snakemake parses the config files itself and keeps the last of two equal keys silently: read
@@ -17,7 +18,7 @@ for _configfile in workflow.config_settings.configfiles or [os.path.join(workflo
 CFG = hc.load_config(config)  # applies `recipe`, checks the schema and every method's own Settings
 PATHS = CFG["paths"]
 EXE = CFG["execution"]
-TARGETS = list(hc.TARGETS)
+TARGETS = reports.configured(CFG)  # every table and figure whose experiments entry this config has
 RES, RESULTS, LOGS, BENCH = (PATHS[k] for k in ("resources", "results", "logs", "benchmarks"))
 RUN_ID = "{model}/{dataset}/{method}/b{budget}/{placement}/s{seed}"
 RUN = f"{RESULTS}/runs/{RUN_ID}"
@@ -70,19 +71,19 @@ def target_inputs(target):
     """Files a table/figure reads: eval outputs of its runs, or Table 1's profiles."""
     if target == "table1":
         return [profile_file()]
-    return [eval_file(r) for r in hc.expand_runs(CFG, target)]
+    return [eval_file(r) for r in reports.expand_runs(CFG, target)]
 
 
 def target_records(target):
     """Record paths handed to harness.report (profiles for Table 1)."""
     if target == "table1":
         return target_inputs(target)
-    return [f"{hc.run_dir(CFG, r)}/record.json" for r in hc.expand_runs(CFG, target)]
+    return [f"{hc.run_dir(CFG, r)}/record.json" for r in reports.expand_runs(CFG, target)]
 
 
 def report_prefix(target):
     """Output path without extension of a table or figure."""
-    if target.startswith("table"):
+    if reports.target(target).kind == "table":
         return f"{RESULTS}/tables/{target}"
     return f"{PATHS['figures']}/{target}"
 
@@ -91,7 +92,7 @@ def report_outputs(targets):
     """Every file the given targets write."""
     out = []
     for t in targets:
-        exts = ("csv", "md", "tex") if t.startswith("table") else ("png", "pdf")
+        exts = ("csv", "md", "tex") if reports.target(t).kind == "table" else ("png", "pdf")
         out += [f"{report_prefix(t)}.{e}" for e in exts]
     return out
 

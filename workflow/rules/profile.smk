@@ -13,7 +13,7 @@ rule profile_table1:
     benchmark:
         f"{BENCH}/profile/{CFG['experiments']['table1']['model']}/table1.tsv"
     params:
-        run_cfgs={m: hc.resolve_run(CFG, hc.profile_run_id(CFG, model, m)) for model, m in hc.expand_profiles(CFG)},
+        runs={m: hc.resolve_run(CFG, hc.profile_run_id(CFG, model, m)).to_json() for model, m in reports.expand_profiles(CFG)},
         table1=CFG["experiments"]["table1"],
     threads: CFG["experiments"]["table1"].get("threads") or CFG["threads"]
     resources:

@@ -7,57 +7,35 @@
 # execution.launcher (harness.launch): python runs the script in-process; ddp runs it under
 # `torchrun --nproc_per_node N` (data parallel); deepspeed under `accelerate launch --use_deepspeed
 # --zero_stage 2` (the paper's launcher: ZeRO-2, optimizer offload for full FT and SMT's full-FT
-# warm-up); accelerate under `accelerate launch {accelerate_args}`. `snakemake -n -p` prints the command.
+# warm-up); accelerate under `accelerate launch {accelerate_args}`.
+
+# `snakemake -n -p` prints the command; it is the same for every launcher but its prefix.
 
 from harness.launch import launch_prefix
 
-if EXE["launcher"] != "python":
 
-    rule train:
-        input:
-            unpack(train_inputs),
-        output:
-            f"{RUN}/record.json",
-        log:
-            f"{LOGS}/train/{RUN_ID}.log",
-        benchmark:
-            f"{BENCH}/train/{RUN_ID}.tsv"
-        params:
-            run_cfg=lambda w: json.dumps(hc.resolve_run(CFG, run_id(w))),
-            out_dir=lambda w, output: os.path.dirname(output[0]),
-            launch=launch_prefix(EXE),
-        threads: CFG["threads"]
-        resources:
-            mem_mb=mem("train"),
-            runtime=runtime("train"),
-            gpu=EXE["gpus"],
-        conda:
-            ENV
-        shell:
-            "{params.launch} workflow/scripts/train.py"
-            " --run-cfg {params.run_cfg:q} --out-dir {params.out_dir:q} --threads {threads}"
-            " > {log:q} 2>&1"
-
-else:
-
-    rule train:
-        input:
-            unpack(train_inputs),
-        output:
-            f"{RUN}/record.json",
-        log:
-            f"{LOGS}/train/{RUN_ID}.log",
-        benchmark:
-            f"{BENCH}/train/{RUN_ID}.tsv"
-        params:
-            run_cfg=lambda w: hc.resolve_run(CFG, run_id(w)),
-            out_dir=lambda w, output: os.path.dirname(output[0]),
-        threads: CFG["threads"]
-        resources:
-            mem_mb=mem("train"),
-            runtime=runtime("train"),
-            gpu=EXE["gpus"],
-        conda:
-            ENV
-        script:
-            "../scripts/train.py"
+rule train:
+    input:
+        unpack(train_inputs),
+    output:
+        f"{RUN}/record.json",
+    log:
+        f"{LOGS}/train/{RUN_ID}.log",
+    benchmark:
+        f"{BENCH}/train/{RUN_ID}.tsv"
+    params:
+        # the run's RunConfig (harness.run_config) as JSON: what the job trains and its record keeps
+        run_cfg=lambda w: json.dumps(hc.resolve_run(CFG, run_id(w)).to_json()),
+        out_dir=lambda w, output: os.path.dirname(output[0]),
+        launch=launch_prefix(EXE),
+    threads: CFG["threads"]
+    resources:
+        mem_mb=mem("train"),
+        runtime=runtime("train"),
+        gpu=EXE["gpus"],
+    conda:
+        ENV
+    shell:
+        "{params.launch} workflow/scripts/train.py"
+        " --run-cfg {params.run_cfg:q} --out-dir {params.out_dir:q} --threads {threads}"
+        " > {log:q} 2>&1"

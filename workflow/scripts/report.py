@@ -1,10 +1,9 @@
-"""Snakemake script: one table or figure from run records and their evaluations (harness.report)."""
+"""Snakemake script: one table or figure from run records and their evaluations (harness.reports)."""
 from _job import start
 
 start(snakemake.threads, snakemake.log[0])
 
-from harness import report
+from harness import reports
 
-name, params = snakemake.params.target, snakemake.params
-make = report.make_figure if name in report.FIGURES else report.make_table
-make(name, dict(params.config), list(params.records), params.out_prefix)
+params = snakemake.params
+reports.make(params.target, dict(params.config), list(params.records), params.out_prefix)

@@ -1,0 +1,153 @@
+"""Every table and figure of the study: one module per target under harness/reports/targets/.
+
+A target module holds both halves of a target, so its run selection is written once:
+
+    KIND = "table" | "figure"
+    TITLE = "Table 9: ..."                       # printed above the table / figure
+    EXPERIMENT = "table9"                        # the experiments entry it reads (default: its name)
+    SCHEMA = {...}                               # JSON schema of experiments.<EXPERIMENT> (if it owns it)
+    def runs(config, exp) -> list[str]           # the run ids it needs (harness.config.run_ids)
+    def build(ctx) -> pandas.DataFrame           # a table, from harness.reports.cells.Ctx
+    def draw(ctx) -> (figure, frame, caption)    # a figure, and the data it draws
+
+Adding a table is adding one module (and, if it reads settings, its `experiments:` entry in a
+config): the registry finds it, `snakemake <name>` builds it, `all` includes it. A target whose
+experiments entry a config does not have is not part of that config's `all`.
+
+The method every other is compared with is the config's `proposed` (default smt), not a
+name written into the targets.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib
+import pathlib
+import pkgutil
+from types import ModuleType
+
+from harness import config as hc
+
+_PACKAGE = "harness.reports.targets"
+_DIR = pathlib.Path(__file__).resolve().parent / "targets"
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    name: str
+    kind: str
+    title: str
+    experiment: str
+    module: ModuleType
+
+
+def _discover() -> dict[str, Target]:
+    found = {}
+    for info in sorted(pkgutil.iter_modules([str(_DIR)]), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        mod = importlib.import_module(f"{_PACKAGE}.{info.name}")
+        kind = getattr(mod, "KIND", None)
+        if kind not in ("table", "figure") or not hasattr(mod, "runs") or not hasattr(mod, "TITLE"):
+            raise TypeError(f"{mod.__file__}: a target module needs KIND ('table' or 'figure'), TITLE and runs(); "
+                            "see harness/reports/__init__.py")
+        if not hasattr(mod, "build" if kind == "table" else "draw"):
+            raise TypeError(f"{mod.__file__}: a {kind} module needs {'build' if kind == 'table' else 'draw'}(ctx)")
+        found[info.name] = Target(info.name, kind, mod.TITLE, getattr(mod, "EXPERIMENT", info.name), mod)
+    # tables first, then figures, each by name: the order `all` lists them in
+    return dict(sorted(found.items(), key=lambda kv: (kv[1].kind != "table", kv[0])))
+
+
+REGISTRY: dict[str, Target] = _discover()
+TABLES = tuple(n for n, t in REGISTRY.items() if t.kind == "table")
+FIGURES = tuple(n for n, t in REGISTRY.items() if t.kind == "figure")
+TARGETS = TABLES + FIGURES
+
+
+def experiment_schemas() -> dict:
+    """experiments.<name> -> its JSON schema, from the target modules that own an entry."""
+    return {t.experiment: copy.deepcopy(t.module.SCHEMA) for t in REGISTRY.values() if hasattr(t.module, "SCHEMA")}
+
+
+def configured(config: dict) -> list[str]:
+    """The targets a config builds (`all`): those whose experiments entry it has."""
+    return [name for name, t in REGISTRY.items() if t.experiment in config["experiments"]]
+
+
+def target(name: str) -> Target:
+    if name not in REGISTRY:
+        raise hc.ConfigError(f"unknown target {name!r}; use one of {', '.join(TARGETS)} or all")
+    return REGISTRY[name]
+
+
+def _runs(config: dict, name: str) -> list[str]:
+    t = target(name)
+    if t.experiment not in config["experiments"]:
+        raise hc.ConfigError(f"target {name} reads experiments.{t.experiment}, which config {config.get('name')!r} "
+                             f"does not define; add it (see {t.module.__file__})")
+    return t.module.runs(config, config["experiments"][t.experiment])
+
+
+def expand_runs(config: dict, name: str) -> list[str]:
+    """Run ids a target needs ('all' for every configured target), each once, in a stable order."""
+    names = configured(config) if name == "all" else [name]
+    return list(dict.fromkeys(r for n in names for r in _runs(config, n)))
+
+
+def expand_profiles(config: dict) -> list[tuple[str, str]]:
+    """(model, method) pairs Table 1 profiles."""
+    exp = config["experiments"]["table1"]
+    return [(exp["model"], method) for method in exp["methods"]]
+
+
+def build_table(name: str, config: dict, record_paths):
+    """(frame with attrs footnotes/deviations, run ids, title) of table `name`."""
+    from harness.reports.cells import Ctx
+    from harness.reports.runs import load_run
+    from harness.reports.write import deviations
+
+    t = target(name)
+    if t.kind != "table":
+        raise ValueError(f"{name} is a figure; use make_figure")
+    if hasattr(t.module, "build_from_files"):  # Table 1 reads a profile JSON, not run records
+        return t.module.build_from_files(record_paths)
+    runs = [load_run(p) for p in record_paths]
+    ctx = Ctx(name, config, runs)
+    df = t.module.build(ctx)
+    df.attrs.update(footnotes=ctx.notes.items, deviations=deviations(runs))
+    return df, [r.run_id for r in runs], t.title
+
+
+def make_table(name: str, config: dict, record_paths, out_prefix):
+    """Build table `name` from run records (Table 1: its profile JSON) and write CSV/MD/TeX."""
+    from harness.reports.write import write_table
+
+    df, ids, title = build_table(name, config, record_paths)
+    write_table(df, title, config, ids, out_prefix)
+    return df
+
+
+def figure_data(name: str, config: dict, record_paths) -> tuple:
+    """(matplotlib figure, data frame drawn, caption) of figure `name`, without writing anything."""
+    from harness.reports.cells import Ctx
+    from harness.reports.runs import load_run
+
+    t = target(name)
+    if t.kind != "figure":
+        raise ValueError(f"{name} is a table; use make_table")
+    return t.module.draw(Ctx(name, config, [load_run(p) for p in record_paths]))
+
+
+def make_figure(name: str, config: dict, record_paths, out_prefix):
+    """Draw figure `name`; write <out_prefix>.png, .pdf and the data drawn as <out_prefix>.data.csv."""
+    from harness.reports.runs import load_run
+    from harness.reports.write import write_figure
+
+    fig, frame, caption = figure_data(name, config, record_paths)
+    return write_figure(fig, frame, caption, target(name).title, config, [load_run(p) for p in record_paths],
+                        out_prefix)
+
+
+def make(name: str, config: dict, record_paths, out_prefix):
+    """make_table or make_figure, by the target's kind (what the Snakemake report rule calls)."""
+    return (make_table if target(name).kind == "table" else make_figure)(name, config, record_paths, out_prefix)

@@ -1,0 +1,75 @@
+"""Accuracy against trainable parameters, step time and training memory: one point per run of
+Table 2, the label prior and the zero-shot model as levels."""
+from __future__ import annotations
+
+import pandas as pd
+
+from harness import config as hc
+from harness.reports.cells import PRIOR_ROW, Ctx, est_row, interval_caption, prior_level, step_seconds
+from harness.reports.runs import method_label
+from harness.reports.targets import table2
+from harness.reports.write import plt as _plt
+
+KIND = "figure"
+EXPERIMENT = "table2"
+TITLE = "Accuracy against trainable parameters, step time and training memory (one point per run)"
+
+
+def runs(config, exp) -> list[str]:
+    return table2.runs(config, exp)
+
+
+def frame(ctx: Ctx) -> pd.DataFrame:
+    """One point per evaluated run: accuracy with interval, trainable params, step time, training memory."""
+    rows = []
+    for r in ctx.runs:
+        if r.method == hc.ZERO_SHOT:  # nothing trained: drawn as a level (draw), not a point
+            continue
+        g = ctx.group([r], r.parts["dataset"])
+        if not g.ok:
+            continue
+        ti = r.record.get("train_info", {})
+        rows.append({"run_id": r.run_id, "method": r.method, "label": method_label(ctx.config, r.method),
+                     "reached": r.reached, **est_row(g), "trainable_params": ti.get("trainable_params"),
+                     "step_seconds": step_seconds(r), "peak_memory_mb":
+                     None if ti.get("peak_memory_bytes") is None else ti["peak_memory_bytes"] / 2**20})
+    return pd.DataFrame(rows, columns=["run_id", "method", "label", "reached", "acc", "lo", "hi", "spread", "seeds",
+                                       "n", "trainable_params", "step_seconds", "peak_memory_mb"])
+
+
+def draw(ctx: Ctx):
+    plt = _plt()
+    data = frame(ctx)
+    axes_spec = [("trainable_params", "trainable parameters", True), ("step_seconds", "seconds per training step", False),
+                 ("peak_memory_mb", "training peak memory (MB)", False)]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
+    for ax, (col, name, log) in zip(axes, axes_spec):
+        for method in dict.fromkeys(data.method):
+            sub = data[(data.method == method) & data[col].notna()]
+            if len(sub):
+                ax.errorbar(sub[col].astype(float), sub.acc, yerr=[sub.acc - sub.lo, sub.hi - sub.acc], fmt="o",
+                            capsize=3, label=sub.label.iloc[0])
+        if log and data[col].notna().any():
+            ax.set_xscale("log")
+        ax.set_xlabel(name)
+        ax.grid(alpha=0.3)
+    # the level every run must clear to have learned more than the label shares (a run below it
+    # is not a point on any accuracy-cost frontier); one line per dataset drawn
+    for dataset in dict.fromkeys(r.parts["dataset"] for r in ctx.runs):
+        level = prior_level(ctx, dataset)
+        if level is not None:
+            for ax in axes:
+                ax.axhline(level, color="grey", ls="--", label=f"{PRIOR_ROW} ({dataset})" if ax is axes[0] else None)
+    zero_levels = {}
+    for r in [r for r in ctx.runs if r.method == hc.ZERO_SHOT]:
+        g = ctx.group([r], r.parts["dataset"])
+        if g.ok:
+            zero_levels[r.parts["dataset"]] = 100 * g.avg["mean"]
+            for ax in axes:
+                ax.axhline(zero_levels[r.parts["dataset"]], color="black", ls=":",
+                           label=f"zero-shot ({r.parts['dataset']})" if ax is axes[0] else None)
+    axes[0].set_ylabel("average accuracy over tasks (%)")
+    axes[0].legend(title="method", fontsize=8)
+    return fig, data, (interval_caption(data).replace("mean accuracy over seeds", "one run")
+                       + f"; dashed: the {PRIOR_ROW} (always the most frequent label of each task)"
+                       + ("; dotted: the zero-shot base model" if zero_levels else ""))
