@@ -129,7 +129,7 @@ class SMT(Method):
         if self.plan_path:
             self.plan = smt.SelectionPlan.from_json(pathlib.Path(self.plan_path))
         elif self.random:
-            self.plan = smt.SelectionPlan.random(model, self.cfg, self.seed)
+            self.plan = smt.random_plan(model, self.cfg, self.seed)
         elif self.scorer is not None:
             self.plan = self.scorer.select()
             self.scorer = None

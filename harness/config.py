@@ -27,6 +27,9 @@ FULL_FT_BUDGET = "100"
 # the zero-shot reference (experiments.table2.zero_shot): the base model, nothing trained; not a
 # config entry (it has no lr, placement or settings), one run per model at budget 0, placement none
 ZERO_SHOT, ZERO_SHOT_PLACEMENT = "zero_shot", "none"
+# The run-id grammar, written once: the template (also the Snakemake wildcard pattern of a run's
+# directory) and what each field may hold; make_run_id / parse_run_id are its only readers and writers.
+RUN_ID_TEMPLATE = "{model}/{dataset}/{method}/b{budget}/{placement}/s{seed}"
 RUN_ID_PATTERNS = {
     "model": r"[A-Za-z0-9._-]+",
     "dataset": r"[A-Za-z0-9_-]+",
@@ -320,18 +323,29 @@ def budget_label(percent) -> str:
 def make_run_id(model, dataset, method, budget, placement, seed) -> str:
     """Build a run id; budget is a percent (ignored for full FT, which is 'b100')."""
     label = FULL_FT_BUDGET if method == FULL_FT else budget_label(budget)
-    return f"{model}/{dataset}/{method}/b{label}/{placement}/s{seed}"
+    return RUN_ID_TEMPLATE.format(model=model, dataset=dataset, method=method, budget=label, placement=placement,
+                                  seed=seed)
+
+
+def _run_id_regex():
+    import re
+
+    pattern = re.escape(RUN_ID_TEMPLATE)
+    for key, rx in RUN_ID_PATTERNS.items():
+        pattern = pattern.replace(re.escape("{" + key + "}"), f"(?P<{key}>{rx})")
+    return re.compile(pattern)
 
 
 def parse_run_id(run_id: str) -> dict:
     """Split a run id into model, dataset, method, budget (percent, None for full FT), placement, seed."""
-    parts = run_id.strip("/").split("/")
-    if len(parts) != 6 or not parts[3].startswith("b") or not parts[5].startswith("s"):
-        raise ConfigError(f"bad run id {run_id!r}; expected <model>/<dataset>/<method>/b<budget%>/<placement>/s<seed>")
-    model, dataset, method, budget, placement, seed = parts
-    return {"model": model, "dataset": dataset, "method": method,
-            "budget": None if method == FULL_FT else float(budget[1:]),
-            "placement": placement, "seed": int(seed[1:])}
+    m = _run_id_regex().fullmatch(run_id.strip("/"))
+    if m is None:
+        raise ConfigError(f"bad run id {run_id!r}; expected {RUN_ID_TEMPLATE} "
+                          f"({', '.join(f'{k}: {v}' for k, v in RUN_ID_PATTERNS.items())})")
+    parts = m.groupdict()
+    return {"model": parts["model"], "dataset": parts["dataset"], "method": parts["method"],
+            "budget": None if parts["method"] == FULL_FT else float(parts["budget"]),
+            "placement": parts["placement"], "seed": int(parts["seed"])}
 
 
 def run_ids(config, model, dataset, method, budget, placement=None, seeds=None) -> list[str]:
@@ -345,12 +359,6 @@ def repo_path(path) -> pathlib.Path:
     """A config path: absolute as given, else relative to the repository root."""
     path = pathlib.Path(path)
     return path if path.is_absolute() else REPO_ROOT / path
-
-
-def data_root(config: dict) -> str | None:
-    """The data mirror: env SMT_DATA_ROOT, else config data_root (None: download upstream)."""
-    root = os.environ.get("SMT_DATA_ROOT") or config["data_root"]
-    return None if root is None else os.path.normpath(repo_path(root))
 
 
 def model_dir(config: dict, model: str) -> str:
@@ -482,6 +490,7 @@ def profile_run_id(config: dict, model: str, method: str) -> str:
 
 
 def eval_cfg(config: dict, suite: str) -> dict:
-    """The eval_cfg of one suite (docs/ARCHITECTURE.md)."""
+    """The eval_cfg of one suite (docs/ARCHITECTURE.md). Not the data root: where the data lives
+    decides nothing; the job resolves it (harness.data.resolve_data_root, the one resolver)."""
     _need(config, "eval", suite, "suite")
-    return {"suite": suite, "data_root": data_root(config), **copy.deepcopy(config["eval"][suite])}
+    return {"suite": suite, **copy.deepcopy(config["eval"][suite])}

@@ -43,6 +43,7 @@ import warnings
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 from harness.records import atomic_write_json, sha256_file  # noqa: E402  (torch-free, like this module)
+from harness.records import read_json as _read_json  # noqa: E402
 
 LLM_ADAPTERS_COMMIT = "816657208af4db747803f87ba40a4c71383fed7a"
 GSM8K_COMMIT = "3101c7d5072418e28b9008a6636bde82a006892c"
@@ -199,17 +200,8 @@ def _first_available(relpaths: list[str], data_root) -> str:
 
 
 def read_json(path, what: str = "file"):
-    """Parse a JSON file; a missing or corrupt file is an error naming the path."""
-    path = pathlib.Path(path)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{what} {path} is not valid JSON ({err}); it is corrupt or truncated: "
-                        "delete it and rerun the step that writes it") from err
-    except UnicodeDecodeError as err:
-        raise DataError(f"{what} {path} is not UTF-8 text ({err}); it is corrupt: delete it and rerun "
-                        "the step that writes it") from err
+    """harness.records.read_json for data files: a corrupt one is a DataError naming it and the fix."""
+    return _read_json(path, what, error=DataError)
 
 
 def meta_path(path) -> pathlib.Path:

@@ -110,14 +110,23 @@ def data_checksums(data_path) -> dict:
     return out
 
 
-def read_json(path, what: str = "JSON file"):
-    """Parse a JSON file; an unreadable or invalid one raises ValueError naming the file and the fix."""
+def read_json(path, what: str = "JSON file", error: type = ValueError):
+    """Parse a JSON file: the project's one JSON reader. A missing file is FileNotFoundError; a
+    corrupt, truncated, non-UTF-8 or unreadable one raises `error` (a ValueError subclass: data
+    files raise harness.data.DataError); every message names the file and the fix."""
     path = pathlib.Path(path)
+    fix = "delete it and rerun the step that writes it"
     try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{what} {path} cannot be read ({type(err).__name__}: {err}); delete it and rerun "
-                         "the step that writes it") from err
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} not found; run the step that writes it") from None
+    except json.JSONDecodeError as err:
+        raise error(f"{what} {path} is not valid JSON ({err}); it is corrupt or truncated: {fix}") from err
+    except UnicodeDecodeError as err:
+        raise error(f"{what} {path} is not UTF-8 text ({err}); it is corrupt: {fix}") from err
+    except OSError as err:
+        raise error(f"{what} {path} cannot be read ({type(err).__name__}: {err}); {fix}") from err
 
 
 def read_record(path) -> dict:

@@ -15,11 +15,11 @@ from .layer import SparseLinear, SparseLinearFunction
 from .model import apply_smt, load_smt, merge_smt, save_smt, sparse_modules
 from .plan import SelectionPlan, layer_index, module_type
 from .scoring import (GradientScorer, block_scores, count_parameters, find_target_modules,
-                      n_blocks_for_budget, select_blocks, split_quota)
+                      n_blocks_for_budget, random_plan, select_blocks, split_quota)
 
 __all__ = [
     "SMTConfig", "GradientScorer", "SelectionPlan", "SparseLinear", "SparseLinearFunction",
     "apply_smt", "merge_smt", "save_smt", "load_smt", "sparse_modules",
     "block_scores", "select_blocks", "split_quota", "n_blocks_for_budget", "count_parameters",
-    "find_target_modules", "name_matches", "module_type", "layer_index",
+    "find_target_modules", "name_matches", "module_type", "layer_index", "random_plan",
 ]

@@ -320,3 +320,44 @@ def _reduce_device(dist, t: torch.Tensor) -> torch.device:
     if "nccl" not in backend and "gloo" in backend and t.device.type != "cpu":
         return torch.device("cpu")
     return t.device
+
+
+def random_plan(model, cfg, seed: int) -> SelectionPlan:
+    """A control plan: blocks drawn uniformly at random, no gradients, no warm-up.
+
+    Same budget (``floor(budget * total / l**2)`` blocks), target modules and quotas as a
+    gradient selection with ``cfg`` (an ``SMTConfig``), so it differs from one only in WHICH
+    blocks: within each quota group the blocks are a uniform sample without replacement over
+    all blocks of the group's modules, drawn with a ``torch.Generator`` seeded by ``seed``
+    (the run seed). Raises the same errors as ``GradientScorer`` for a bad budget or quota.
+    """
+    cfg.validate()
+    l = cfg.block_size
+    modules = find_target_modules(model, cfg.target_modules)
+    shapes = {}
+    for name, m in modules.items():
+        _check_divisible(name, tuple(m.weight.shape), l)
+        shapes[name] = tuple(m.weight.shape)
+    total = count_parameters(model)
+    n = n_blocks_for_budget(cfg.budget, total, l)
+    if n < 1:
+        raise ValueError(f"budget {cfg.budget} of {total} parameters is less than one {l}x{l} block "
+                         f"({l * l} parameters); raise the budget or lower block_size")
+    capacity = {k: (o // l) * (i // l) for k, (o, i) in shapes.items()}
+    groups = resolve_groups(capacity, n, cfg.quotas)
+    gen = torch.Generator().manual_seed(int(seed))
+    blocks = {k: [] for k in shapes}
+    for members, k in groups.values():
+        sizes = torch.tensor([capacity[m] for m in members])
+        starts = torch.cumsum(sizes, 0) - sizes
+        picks = torch.randperm(int(sizes.sum()), generator=gen)[:k]
+        owner = torch.searchsorted(starts, picks, right=True) - 1
+        for j, idx in zip(owner.tolist(), picks.tolist()):
+            name = members[j]
+            local, ncols = idx - int(starts[j]), shapes[name][1] // l
+            blocks[name].append((local // ncols, local % ncols))
+    meta = {"budget": cfg.budget, "n_blocks_asked": n, "selection": "random", "seed": int(seed),
+            "strategy": None, "warmup_mode": None, "warmup_steps": 0,
+            "target_modules": list(cfg.target_modules), "quotas": cfg.quotas,
+            "group_blocks": {g: k for g, (_, k) in groups.items()}}
+    return SelectionPlan(l, shapes, blocks, total, meta)

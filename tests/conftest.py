@@ -53,16 +53,49 @@ def parity_records(pairs=PARITY_PAIRS) -> list[dict]:
             for a, b in pairs]
 
 
-def make_tiny_env(root, pairs=PARITY_PAIRS) -> pathlib.Path:
-    """root/model (tiny random LLaMA, seed 0) and root/train.json (parity records); returns root."""
+def make_tiny_env(root, pairs=PARITY_PAIRS, model_dir=None) -> pathlib.Path:
+    """root/model (tiny random LLaMA, seed 0; a copy of model_dir when given) and root/train.json
+    (parity records); returns root."""
     import json
+    import shutil
 
     from harness.models import prepare_model
 
     root = pathlib.Path(root)
-    prepare_model({"source": "tiny", "seed": 0}, root / "model")
+    if model_dir is not None:
+        shutil.copytree(model_dir, root / "model")
+    else:
+        prepare_model({"source": "tiny", "seed": 0}, root / "model")
     (root / "train.json").write_text(json.dumps(parity_records(pairs)))
     return root
+
+
+def tiny_llama(seed: int = 0):
+    """An in-memory tiny random LLaMA (hidden 64, 2 layers, 4 heads, 2 KV heads, MLP 128,
+    vocabulary 260): the model of the method and selection tests that need no tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                        num_key_value_heads=2, intermediate_size=128, vocab_size=260))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> pathlib.Path:
+    """The prepared tiny random LLaMA (harness.models source `tiny`, seed 0), once per session;
+    read-only for the tests that share it."""
+    from harness.models import prepare_model
+
+    path = tmp_path_factory.mktemp("tiny_model") / "model"
+    prepare_model({"source": "tiny", "seed": 0}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_env(tmp_path_factory, tiny_model_dir) -> pathlib.Path:
+    """make_tiny_env once per session: model/ and train.json (the parity records)."""
+    return make_tiny_env(tmp_path_factory.mktemp("tiny_env"), model_dir=tiny_model_dir)
 
 
 def tiny_run_cfg(env, name, lr, *, run_id=None, smt_warmup=2, deviations=(), method=None, **train) -> dict:

@@ -54,15 +54,6 @@ def test_keys_the_code_reads_are_accepted(raw):
     assert defaults["adam_betas"] == [0.9, 0.999]
 
 
-def test_max_train_records_is_gone(raw):
-    bad = copy.deepcopy(raw)
-    bad["train"]["max_train_records"] = 10
-    with pytest.raises(hc.ConfigError, match="max_train_records"):
-        hc.load_config(bad)
-    for path in ("config/config.yaml", "config/test.yaml", "config/paper.yaml"):
-        assert "max_train_records" not in (hc.REPO_ROOT / path).read_text()
-
-
 def test_resolved_method_has_every_setting_and_the_registered_name(raw):
     cfg = hc.load_config(raw)
     m = hc.resolve_run(cfg, "tiny/commonsense/smt_absmean/b2.00/qkv/s0").to_json()["method"]

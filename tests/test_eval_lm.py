@@ -2,6 +2,8 @@
 import json
 
 import pytest
+
+import conftest
 import torch
 from conftest import MIRROR, needs_mirror  # SMT_DATA_ROOT, else ../shared/data; skip with the reason
 
@@ -129,9 +131,8 @@ def test_evaluate_run_uses_base_plus_delta_and_never_writes_the_record(tiny, tmp
     run_dir = tmp_path / "run"
     (run_dir / "delta").mkdir(parents=True)
     save_model(tuned, str(run_dir / "delta" / "model.safetensors"))
-    record = {"run_info": {"status": "ok", "config": {
-        "model": {"path": str(base_dir), "dtype": "float32", "device": "cpu"},
-        "method": {"name": "full_ft"}, "budget": None, "train": {}}}}
+    record = {"run_info": {"status": "ok", "config": conftest.run_cfg(
+        {"name": "full_ft", "lr": 1e-4}, model={"name": "tiny", "path": str(base_dir), "dtype": "float32", "device": "cpu"})}}
     (run_dir / "record.json").write_text(json.dumps(record))
     before = (run_dir / "record.json").read_bytes()
     result = evaluate_run(run_dir, _cfg(4), run_dir / "eval", data_root=MIRROR)

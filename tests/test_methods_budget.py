@@ -12,10 +12,7 @@ torch.set_num_threads(1)
 TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 
 
-def tiny_model():
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                        num_key_value_heads=2, intermediate_size=128, vocab_size=260))
+tiny_model = conftest.tiny_llama
 
 
 def run_cfg(name, budget, targets=("q_proj", "k_proj", "v_proj"), **method):

@@ -18,10 +18,7 @@ BUDGET = 0.05
 METHODS = [m for m in baselines.available() if baselines.get_method(m).trains]  # zero_shot trains nothing
 
 
-def tiny_model():
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                        num_key_value_heads=2, intermediate_size=128, vocab_size=260))
+tiny_model = conftest.tiny_llama
 
 
 def run_cfg(name, budget=BUDGET, **settings):

@@ -13,10 +13,7 @@ QUOTAS = {"mlp": {"modules": ["gate_proj", "up_proj", "down_proj"], "share": 0.2
           "attn": {"modules": ["q_proj", "k_proj", "v_proj"], "share": 0.75}}
 
 
-def tiny_model():
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                        num_key_value_heads=2, intermediate_size=128, vocab_size=260))
+tiny_model = conftest.tiny_llama
 
 
 def cfg(**kw):
@@ -35,7 +32,7 @@ def gradient_plan(model, c):
 def test_random_plan_has_the_gradient_plans_budget_and_quotas(quotas):
     targets = ["q_proj", "k_proj", "v_proj"] + (["gate_proj", "up_proj", "down_proj"] if quotas else [])
     c = cfg(target_modules=targets, quotas=quotas)
-    rand, grad = smt.SelectionPlan.random(tiny_model(), c, seed=0), gradient_plan(tiny_model(), c)
+    rand, grad = smt.random_plan(tiny_model(), c, seed=0), gradient_plan(tiny_model(), c)
     assert rand.n_blocks == grad.n_blocks == int(0.05 * rand.total_params // 256)
     assert rand.shapes == grad.shapes and rand.budget_reached == grad.budget_reached <= 0.05
     assert rand.meta["group_blocks"] == grad.meta["group_blocks"]
@@ -48,7 +45,7 @@ def test_random_plan_has_the_gradient_plans_budget_and_quotas(quotas):
 
 def test_random_plan_is_seeded():
     c = cfg()
-    a, b, again = (smt.SelectionPlan.random(tiny_model(), c, seed=s) for s in (0, 1, 0))
+    a, b, again = (smt.random_plan(tiny_model(), c, seed=s) for s in (0, 1, 0))
     assert a == again and a.blocks != b.blocks
     # spread over the modules, not the first ones only
     assert sum(1 for v in a.blocks.values() if v) > 1
@@ -56,9 +53,9 @@ def test_random_plan_is_seeded():
 
 def test_random_plan_rejects_what_the_scorer_rejects():
     with pytest.raises(ValueError, match="less than one"):
-        smt.SelectionPlan.random(tiny_model(), cfg(budget=1e-6), seed=0)
+        smt.random_plan(tiny_model(), cfg(budget=1e-6), seed=0)
     with pytest.raises(ValueError, match="matches no nn.Linear"):
-        smt.SelectionPlan.random(tiny_model(), cfg(target_modules=["nope"]), seed=0)
+        smt.random_plan(tiny_model(), cfg(target_modules=["nope"]), seed=0)
 
 
 def test_smt_method_random_selection_has_no_warmup_and_uses_the_run_seed(tmp_path):
@@ -71,7 +68,7 @@ def test_smt_method_random_selection_has_no_warmup_and_uses_the_run_seed(tmp_pat
     info = m0.apply(tiny_model(), tmp_path)
     assert info["plan_summary"]["n_blocks"] == int(0.05 * info["total_params"] // 256)
     assert (tmp_path / "plan.json").is_file()
-    assert m0.plan.blocks == smt.SelectionPlan.random(tiny_model(), m0.cfg, 0).blocks
+    assert m0.plan.blocks == smt.random_plan(tiny_model(), m0.cfg, 0).blocks
     m1 = method(1)
     m1.apply(tiny_model())
     assert m1.plan.blocks != m0.plan.blocks

@@ -144,9 +144,8 @@ def _launch(cmd, spec, tmp, extra_env):
 
 # ------------------------------------------------------------------------------------------ tests
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    from conftest import make_tiny_env
-    return make_tiny_env(tmp_path_factory.mktemp("mp"))
+def env(tiny_env):
+    return tiny_env
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ STEPS, WARM = 3, 1
 
 
 @pytest.fixture(scope="module")
-def tiny_env(tmp_path_factory):
-    return make_tiny_env(tmp_path_factory.mktemp("env"), [(a, b) for a in range(4) for b in range(4)])
+def tiny_env(tmp_path_factory, tiny_model_dir):
+    return make_tiny_env(tmp_path_factory.mktemp("env"), [(a, b) for a in range(4) for b in range(4)], tiny_model_dir)
 
 
 def run_cfg(env, name):

@@ -19,9 +19,6 @@ torch.set_num_threads(1)
 LR = {"full_ft": 3e-3, "lora": 5e-2, "dora": 5e-2, "smt": 5e-2, "vera": 5e-2}
 
 
-@pytest.fixture(scope="module")
-def tiny_env(tmp_path_factory):
-    return make_tiny_env(tmp_path_factory.mktemp("env"))
 
 
 def make_cfg(env, name, steps=12, **train):
@@ -232,6 +229,17 @@ def test_validation_loss_on_held_out_records(tiny_env, tmp_path, monkeypatch, na
     from harness.prompts import tokenize_example
     held_ids = {tuple(tokenize_example(tok, r, 320, False, True)["input_ids"]) for r in heldout(tiny_env, 2)}
     assert seen and not held_ids & set(seen) and len(set(seen)) == 6
+
+
+def test_val_every_null_validates_only_before_the_first_and_after_the_last_step(tiny_env, tmp_path):
+    """The schema says val_every null: only before the first and after the last step, whatever
+    checkpoint_every is (a fallback to checkpoint_every validated every 2 steps here)."""
+    cfg = make_cfg(tiny_env, "lora", steps=6, val_records=2, val_every=None, checkpoint_every=2)
+    info = train(cfg, tmp_path / "null")["train_info"]
+    assert [v["step"] for v in info["val_curve"]] == [0, 6] and info["val_every"] is None
+    cfg = make_cfg(tiny_env, "lora", steps=6, val_records=2, val_every=4, checkpoint_every=2)
+    info = train(cfg, tmp_path / "four")["train_info"]
+    assert [v["step"] for v in info["val_curve"]] == [0, 4, 6] and info["val_every"] == 4
 
 
 def test_zero_shot_run_records_the_base_model_and_evaluates_it_unchanged(tiny_env, tmp_path):

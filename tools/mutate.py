@@ -55,11 +55,12 @@ import yaml
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_YAML = REPO / "tools" / "mutants.yaml"
 # module (for kill rates) of each source file; first matching prefix wins
-MODULES = [("smt/", "smt"), ("harness/train.py", "train"), ("harness/records.py", "train"),
+MODULES = [("smt/", "smt"), ("harness/train.py", "train"), ("harness/train_data.py", "train"),
+           ("harness/step.py", "train"), ("harness/checkpoint.py", "train"), ("harness/records.py", "train"),
            ("harness/loss.py", "train"), ("harness/launch.py", "train"), ("harness/evaluate.py", "evaluate"), ("harness/stats.py", "evaluate"),
            ("harness/tasks/", "evaluate"), ("harness/data.py", "data"), ("harness/prompts.py", "data"),
-           ("harness/models.py", "data"), ("harness/report.py", "report"), ("harness/profile.py", "report"),
-           ("baselines/", "baselines"), ("harness/config.py", "config")]
+           ("harness/models.py", "data"), ("harness/reports/", "report"), ("harness/profile.py", "report"),
+           ("baselines/", "baselines"), ("harness/config.py", "config"), ("harness/run_config.py", "config")]
 
 
 def module_of(path: str) -> str:

@@ -20,7 +20,7 @@ PATHS = CFG["paths"]
 EXE = CFG["execution"]
 TARGETS = reports.configured(CFG)  # every table and figure whose experiments entry this config has
 RES, RESULTS, LOGS, BENCH = (PATHS[k] for k in ("resources", "results", "logs", "benchmarks"))
-RUN_ID = "{model}/{dataset}/{method}/b{budget}/{placement}/s{seed}"
+RUN_ID = hc.RUN_ID_TEMPLATE  # the run-id grammar (harness.config), as wildcards
 RUN = f"{RESULTS}/runs/{RUN_ID}"
 ENV = "../envs/smt.yaml"
 
@@ -37,7 +37,7 @@ onstart:
 
 def run_id(w):
     """The run id named by a job's wildcards."""
-    return f"{w.model}/{w.dataset}/{w.method}/b{w.budget}/{w.placement}/s{w.seed}"
+    return RUN_ID.format(**{k: getattr(w, k) for k in hc.RUN_ID_PATTERNS})
 
 
 def mem(rule_kind):
@@ -99,9 +99,9 @@ def report_outputs(targets):
 
 @functools.lru_cache(maxsize=None)
 def _eval_params(suite):
-    """eval_cfg of a suite without data_root, plus the sha256 of each of its test files
+    """eval_cfg of a suite (no data root in it), plus the sha256 of each of its test files
     (`test_sets_sha256` of prepare.smk: content, cached by path, size and mtime)."""
-    cfg = {k: v for k, v in hc.eval_cfg(CFG, suite).items() if k != "data_root"}
+    cfg = hc.eval_cfg(CFG, suite)
     try:
         sums = test_sets_sha256(suite)
     except (OSError, ValueError) as err:  # no data here (e.g. a dry run elsewhere): the job will say

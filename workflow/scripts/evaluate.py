@@ -1,6 +1,6 @@
 """Snakemake script: evaluate one run on one suite (harness.evaluate.evaluate_run).
 
-The data root is resolved here, at run time (harness.config.data_root), not passed as a param:
+The data root is resolved here, at run time (harness.data.resolve_data_root), not passed as a param:
 where the data lives does not decide the result, its checksums (a param) do.
 """
 import pathlib
@@ -10,18 +10,17 @@ from _job import start
 start(snakemake.threads, snakemake.log[0])
 
 from harness import config as hc
+from harness import data as hd
 from harness.evaluate import evaluate_run
 
 out = pathlib.Path(snakemake.output[0])
 eval_cfg = dict(snakemake.params.eval_cfg)
 config = hc.load_config(dict(snakemake.config))  # validated, defaults filled
-root = hc.data_root(config)
+root = hd.resolve_data_root(config["data_root"])  # SMT_DATA_ROOT, else the config's; None: download
 # the test files must still hold what the job was planned with (params: their checksums);
 # checked before anything is written
 planned = dict(snakemake.params.test_sha256)
 if "unavailable" not in planned:
-    from harness import data as hd
-
     now = hd.test_set_checksums(list(planned), root)
     if now != planned:
         raise RuntimeError(f"test files changed since the DAG was built: {planned} -> {now}; run snakemake again")

@@ -2,6 +2,7 @@
 saved delta reproduces the trained model (SMT: including what its full-FT warm-up changed)."""
 import copy
 import json
+import shutil
 
 import pytest
 import torch
@@ -18,9 +19,9 @@ QKV = ["q_proj", "k_proj", "v_proj"]
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("bite_methods")
-    prepare_model({"source": "tiny", "seed": 0}, root / "model")
+    shutil.copytree(tiny_model_dir, root / "model")
     (root / "train.json").write_text(json.dumps(RECORDS))
     return root
 
