@@ -35,9 +35,28 @@ def env(tmp_path_factory):
 
 
 def _cfg(env, **train):
+    """tiny_run_cfg's SMT run with a 2 % budget (8 of the 64 Q/K/V blocks) and 3 warm-up steps: a
+    selection that changes with the warm-up (2 or 4 warm-up steps, or 5 %, choose other blocks)."""
     from conftest import tiny_run_cfg
     mode = train.pop("warmup_mode", "full_ft")
-    return tiny_run_cfg(env, "smt", 5e-2, method={"warmup_mode": mode}, **train)
+    cfg = tiny_run_cfg(env, "smt", 5e-2, smt_warmup=3, method={"warmup_mode": mode}, **train)
+    cfg["budget"] = 0.02
+    return cfg
+
+
+@pytest.fixture()
+def sums(monkeypatch):
+    """The summed warm-up gradients every GradientScorer.select() sees (harness and Trainer alike)."""
+    import smt.scoring
+    real, seen = smt.scoring.GradientScorer.select, []
+
+    def select(self):
+        plan = real(self)           # all-reduces first under several processes
+        seen.append({k: v.clone() for k, v in self._acc.items()})
+        return plan
+
+    monkeypatch.setattr(smt.scoring.GradientScorer, "select", select)
+    return seen
 
 
 def _harness(cfg, out):
@@ -66,7 +85,7 @@ def _assert_same(trainer_res, harness_curve, harness_plan, what, grad_only=False
 
 
 @pytest.mark.parametrize("mode,accum", [("full_ft", 1), ("grad_only", 1), ("full_ft", 2), ("grad_only", 2)])
-def test_trainer_matches_harness(env, tmp_path, mode, accum):
+def test_trainer_matches_harness(env, tmp_path, sums, mode, accum):
     from trainer_smt import train_with_trainer
     torch.set_num_threads(1)
     micro = 2 if accum > 1 else 4       # accum 2: two micro-batches of 2 (their answer-token counts differ)
@@ -74,6 +93,10 @@ def test_trainer_matches_harness(env, tmp_path, mode, accum):
     res = train_with_trainer(cfg, tmp_path / "trainer")
     assert res["callback"].warmup_accumulated == cfg["method"]["warmup_steps"]
     curve, plan = _harness(cfg, tmp_path / "harness")
+    assert len(sums) == 2
+    for k, ref in sums[1].items():   # the same warm-up gradient sums (float32 summation order aside)
+        torch.testing.assert_close(sums[0][k], ref, rtol=1e-4, atol=1e-6,
+                                   msg=lambda m, k=k: f"warm-up gradient sum of {k}: Trainer != harness: {m}")
     _assert_same(res, curve, plan, f"{mode} grad_accum {accum}", grad_only=mode == "grad_only")
 
 
