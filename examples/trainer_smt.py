@@ -86,7 +86,8 @@ def train_with_trainer(run_cfg: dict, out_dir, save_steps: int | None = None, ca
         max_grad_norm=t.get("max_grad_norm") or 0.0, optim="adamw_torch", train_sampling_strategy="sequential",
         logging_steps=1, save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500,
         report_to="none", use_cpu=True, seed=int(run_cfg.get("seed", 0)),
-        dataloader_num_workers=0, disable_tqdm=True, ddp_backend="gloo" if world > 1 else None)
+        dataloader_num_workers=0, disable_tqdm=True, ddp_backend="gloo" if world > 1 else None,
+        ddp_find_unused_parameters=False)   # DDP as the harness builds it (every weight trains in the warm-up)
     train = harness_order(data.train, run_cfg, steps, world)
 
     # ---- the integration: three lines --------------------------------------------------------

@@ -41,12 +41,14 @@ and adds the callback; no Trainer subclass is needed. A callback added without `
 `on_train_begin` with this explanation.
 
 Several processes (torchrun / `accelerate launch`, DDP): the plan is the same on every rank (see
-above). After `apply_smt` the Trainer keeps calling the DDP wrapper it built at the start, whose
-reducer knows only the parameters that required grad then (the full weights, now frozen), not the
-new `blocks`. The callback therefore switches that wrapper's own gradient sync off
-(`require_backward_grad_sync = False`, the flag DDP's `no_sync()` sets) and averages the block
-gradients itself: one all-reduce of all of them after the backward of the last micro-batch of a
-step (before clipping), which is what DDP computes. DeepSpeed and FSDP shard the optimizer over the
+above). After `apply_smt` the Trainer keeps calling the DDP wrapper it built at the start (a local
+variable of its loop: it cannot be replaced from outside), whose reducer knows only the parameters
+that required grad then (the full weights, all frozen now), not the new `blocks`: it would never
+average them. The callback therefore averages the block gradients itself, one all-reduce of all of
+them after the backward of the last micro-batch of a step (before clipping), which is what DDP
+computes, and switches the stale wrapper's own sync off (`require_backward_grad_sync = False`, the
+flag DDP's `no_sync()` sets; nothing it knows still gets a gradient, and torch 2.13 tolerates the
+idle reducer either way, so this is defensive). DeepSpeed and FSDP shard the optimizer over the
 parameters it was built with and cannot be given new ones mid-run: refused at `on_train_begin`
 (the harness's own loop, `harness/launch.py`, runs SMT under DeepSpeed ZeRO-2). Resuming a Trainer
 checkpoint (`resume_from_checkpoint`) is refused too: the model would first need the plan applied.
