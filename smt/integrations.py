@@ -196,6 +196,13 @@ class SMTCallback(TrainerCallback):
                 p.grad = None
 
     def on_step_end(self, args, state, control, **kwargs):
+        if self.plan is not None:
+            # the optimizer just moved the blocks: write them into the frozen weights now (a forward
+            # would do it next step), so that what the Trainer saves or evaluates is this step's model
+            with torch.no_grad():
+                for m in sparse_modules(self.trainer.model).values():
+                    m.sync_()
+            return
         if self.scorer is None or state.global_step != self.config.warmup_steps:
             return
         if self.warmup_accumulated != self.config.warmup_steps:

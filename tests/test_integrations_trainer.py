@@ -165,6 +165,55 @@ def test_mid_training_checkpoint_restores_via_load_smt(env, tmp_path):
         print(mode, "checkpoint-5 restored; logits at step 5 and 10 differ by", moved)
 
 
+def test_readme_usage_with_trainer_defaults(env, tmp_path):
+    """The README's lines in a Trainer left at its defaults (random sampler, its default optimizer,
+    token-weighted loss, checkpoints): the warm-up trains every weight, then only the blocks move,
+    and every checkpoint holds a delta that restores the model saved beside it."""
+    import smt
+    from harness.models import load_model
+    from harness.train import collate, load_data
+    from smt.integrations import SMTCallback, load_smt_checkpoint
+    from transformers import Trainer, TrainingArguments
+    from conftest import tiny_run_cfg
+    torch.set_num_threads(1)
+    model, tok = load_model(env / "model", "float32", "cpu")
+    data = load_data(tiny_run_cfg(env, "smt", 5e-2), tok).train
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=6, per_device_train_batch_size=4,
+                             gradient_accumulation_steps=2, learning_rate=1e-2, use_cpu=True, report_to="none",
+                             save_steps=3, disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collate(tok.pad_token_id))
+    cb = SMTCallback(smt.SMTConfig(block_size=16, budget=0.02, warmup_steps=2), lr=5e-2).attach(trainer)
+    base = {k: v.clone() for k, v in load_model(env / "model", "float32", "cpu")[0].state_dict().items()}
+    trainer.train()
+    assert cb.plan is not None and sum(len(v) for v in cb.plan.blocks.values()) == 8
+    in_opt = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    blocks = {id(p) for n, p in trainer.model.named_parameters() if n.endswith(".blocks")}
+    assert in_opt == blocks and all(p.requires_grad == (id(p) in blocks) for p in trainer.model.parameters())
+    warm = torch.load(tmp_path / "checkpoint-3" / "smt" / "warmup_weights.pt", weights_only=True)
+    sd = trainer.model.state_dict()
+    norm = "model.norm.weight"            # not a target: moved in the warm-up, frozen after it
+    assert not torch.equal(warm[norm], base[norm]) and torch.equal(sd[norm], warm[norm])
+    for step in (3, 6):
+        restored = load_smt_checkpoint(load_model(env / "model", "float32", "cpu")[0],
+                                       tmp_path / f"checkpoint-{step}" / "smt", merge=True)
+        assert restored is not None
+    final = load_smt_checkpoint(load_model(env / "model", "float32", "cpu")[0], tmp_path / "checkpoint-6" / "smt",
+                                merge=True).state_dict()
+    for k, v in trainer.model.state_dict().items():
+        if not k.endswith(".blocks"):
+            torch.testing.assert_close(final[k], v, rtol=0, atol=0, msg=k)
+
+
+def test_example_script_runs_and_compares(tmp_path, capsys):
+    """`python examples/trainer_smt.py --out DIR --compare` (its main) reports the same plan."""
+    import trainer_smt
+    torch.set_num_threads(1)
+    trainer_smt.main(["--out", str(tmp_path), "--compare"])
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["same_plan"] is True and last["max_loss_diff"] <= LOSS_TOL, last
+    assert (tmp_path / "trainer" / "checkpoint-5" / "smt" / "smt_delta.safetensors").is_file()
+
+
 def test_callback_errors_are_clear(env, tmp_path):
     import smt
     from harness.models import load_model
