@@ -19,6 +19,8 @@ with `transformers.Trainer` instead of `harness.train.train`, on the SAME batche
   every token of the accumulated batch equally, a different, also valid, loss under grad_accum > 1).
 
 Only linear schedules are translated (the harness's "constant" ramps differently from transformers').
+With train.weight_decay > 0 the two differ by design: the Trainer exempts biases and norms from the
+decay, the harness decays every trainable parameter (the tiny config has no decay).
 """
 from __future__ import annotations
 
