@@ -6,8 +6,8 @@
 `train_with_trainer(run_cfg, out_dir)` trains a resolved harness run config (docs/ARCHITECTURE.md)
 with `transformers.Trainer` instead of `harness.train.train`, on the SAME batches:
 
-* data: the harness's tokenization and held-out split (`harness.train.load_data`), and its
-  micro-batch order (`harness.train.EpochBatches`, the sampler `batch_stream` uses) laid out as
+* data: the harness's tokenization and held-out split (`harness.train_data.load_data`), and its
+  micro-batch order (`harness.train_data.EpochBatches`, the sampler `batch_stream` uses) laid out as
   one flat list that the Trainer reads sequentially (`train_sampling_strategy="sequential"`);
   under several processes accelerate deals the micro-batches round robin to the ranks, in the
   Trainer and in the harness alike; padding by the harness's `collate`;
@@ -47,7 +47,7 @@ def smt_config_of(run_cfg: dict):
 def harness_order(examples: list, run_cfg: dict, total_steps: int, world: int = 1) -> list:
     """The harness's micro-batches of steps 0..total_steps, flattened: reading it sequentially in
     micro-batches of train.micro_batch_size gives batch_stream's batches."""
-    from harness.train import EpochBatches
+    from harness.train_data import EpochBatches
     t = run_cfg["train"]
     bs = t["micro_batch_size"]
     per_step = t.get("grad_accum", 1) * world
@@ -68,7 +68,8 @@ def train_with_trainer(run_cfg: dict, out_dir, save_steps: int | None = None, ca
     from transformers import Trainer, TrainingArguments
 
     from harness.models import load_model
-    from harness.train import collate, load_data, total_steps
+    from harness.run_config import as_run_config
+    from harness.train_data import collate, load_data, total_steps
     from smt.integrations import SMTCallback
 
     t, m = run_cfg["train"], run_cfg["method"]
@@ -77,8 +78,9 @@ def train_with_trainer(run_cfg: dict, out_dir, save_steps: int | None = None, ca
     torch.manual_seed(int(run_cfg.get("seed", 0)))
     model, tok = load_model(run_cfg["model"]["path"], run_cfg["model"].get("dtype", "float32"), "cpu")
     world = int(__import__("os").environ.get("WORLD_SIZE", "1"))
-    data = load_data(run_cfg, tok)
-    steps = total_steps(run_cfg, len(data.train), world)
+    run = as_run_config(run_cfg)  # the harness's typed run config (its JSON form is run_cfg)
+    data = load_data(run, tok)
+    steps = total_steps(run, len(data.train), world)
     args = TrainingArguments(
         output_dir=str(out_dir), max_steps=steps, per_device_train_batch_size=t["micro_batch_size"],
         gradient_accumulation_steps=t.get("grad_accum", 1),

@@ -120,7 +120,7 @@ def test_mid_training_checkpoint_restores_via_load_smt(env, tmp_path):
     import smt
     from harness.models import load_model
     from harness.prompts import tokenize_example
-    from harness.train import collate
+    from harness.train_data import collate
     from smt.integrations import load_smt_checkpoint
     from transformers import TrainerCallback
     import trainer_smt
@@ -172,13 +172,14 @@ def test_readme_usage_with_trainer_defaults(env, tmp_path):
     and every checkpoint holds a delta that restores the model saved beside it."""
     import smt
     from harness.models import load_model
-    from harness.train import collate, load_data
+    from harness.train_data import collate, load_data
     from smt.integrations import SMTCallback, load_smt_checkpoint
     from transformers import Trainer, TrainingArguments
     from conftest import tiny_run_cfg
     torch.set_num_threads(1)
     model, tok = load_model(env / "model", "float32", "cpu")
-    data = load_data(tiny_run_cfg(env, "smt", 5e-2), tok).train
+    from harness.run_config import RunConfig
+    data = load_data(RunConfig.from_json(tiny_run_cfg(env, "smt", 5e-2)), tok).train
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=6, per_device_train_batch_size=4,
                              gradient_accumulation_steps=2, learning_rate=1e-2, use_cpu=True, report_to="none",
                              save_steps=3, disable_tqdm=True)
@@ -218,7 +219,7 @@ def test_example_script_runs_and_compares(tmp_path, capsys):
 def test_callback_errors_are_clear(env, tmp_path):
     import smt
     from harness.models import load_model
-    from harness.train import collate
+    from harness.train_data import collate
     from smt.integrations import SMTCallback
     from transformers import Trainer, TrainingArguments
     model, tok = load_model(env / "model", "float32", "cpu")
@@ -226,7 +227,8 @@ def test_callback_errors_are_clear(env, tmp_path):
                              report_to="none", save_strategy="no", disable_tqdm=True)
     from harness.train import load_data
     from conftest import tiny_run_cfg
-    data = load_data(tiny_run_cfg(env, "smt", 5e-2), tok).train
+    from harness.run_config import RunConfig
+    data = load_data(RunConfig.from_json(tiny_run_cfg(env, "smt", 5e-2)), tok).train
     cfg = smt.SMTConfig(block_size=16, budget=0.05, warmup_steps=2)
     tr = Trainer(model=model, args=args, train_dataset=data, data_collator=collate(tok.pad_token_id),
                  callbacks=[SMTCallback(cfg)])
@@ -246,7 +248,7 @@ def test_get_smt_model_and_the_peft_registry(env):
     import smt
     from harness.models import load_model
     from harness.prompts import tokenize_example
-    from harness.train import collate
+    from harness.train_data import collate
     from smt.integrations import get_smt_model
     model, tok = load_model(env / "model", "float32", "cpu")
     recs = json.loads((env / "train.json").read_text())

@@ -21,7 +21,7 @@ from harness.records import failed_runs, failed_runs_report, fingerprint, finger
 from harness.checkpoint import CKPT_DIR, CKPT_FILE
 from harness.step import DivergedError
 from harness.train import train
-from test_train_loop import LR, expected_lr, make_cfg, tiny_env  # noqa: F401 (fixture)
+from test_train_loop import LR, expected_lr, make_cfg
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
