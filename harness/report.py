@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from harness import config as hc
+from harness import provenance
 from harness import stats
 
 QKV = ("q_proj", "k_proj", "v_proj")
@@ -747,6 +748,8 @@ def _footer(df: pd.DataFrame, config: dict) -> list[str]:
     lines = [n if n in UNNUMBERED else f"{note_number(notes, n)}. {n}" for n in notes]
     devs = df.attrs.get("deviations", [])
     lines.append("deviations: " + ("; ".join(devs) if devs else "none recorded"))
+    if df.attrs.get("provenance"):  # the commits the records ran at (harness.provenance)
+        lines.append(df.attrs["provenance"])
     lines.append(f"config: {config['name']} ({config.get('description', '')})")
     return lines
 
@@ -779,7 +782,7 @@ def build_table(name: str, config: dict, record_paths) -> tuple[pd.DataFrame, li
         profiles = [_read_json(pathlib.Path(p), "a profile JSON") for p in record_paths]
         df = _table1(profiles)
         df.attrs.update(footnotes=[], deviations=list(dict.fromkeys(
-            d for p in profiles for d in (p.get("deviations") or []))))
+            d for p in profiles for d in (p.get("deviations") or []))), provenance=provenance.profiled_at(profiles))
         return df, [str(p) for p in record_paths], TABLE1_TITLE
     if name not in TABLES:
         raise ValueError(f"unknown table {name!r}; registered: table1, {', '.join(TABLES)}")
@@ -787,7 +790,7 @@ def build_table(name: str, config: dict, record_paths) -> tuple[pd.DataFrame, li
     ctx = Ctx(name, config, runs)
     df = TABLES[name].fn(ctx)
     notes = ctx.notes.items
-    df.attrs.update(footnotes=notes, deviations=_deviations(runs))
+    df.attrs.update(footnotes=notes, deviations=_deviations(runs), provenance=provenance.trained_at([r.record for r in runs]))
     return df, [r.run_id for r in runs], TABLES[name].title
 
 
@@ -1113,9 +1116,11 @@ def make_figure(name: str, config: dict, record_paths, out_prefix) -> list[pathl
     fig, frame, caption = figure_data(name, config, record_paths)
     runs = [load_run(p) for p in record_paths]
     devs = _deviations(runs)
+    trained = provenance.trained_at([r.record for r in runs])
     width, height = fig.get_figwidth(), fig.get_figheight()
     title = textwrap.fill(f"{FIGURES[name].title} (config {config['name']})", int(width * 11))
-    note = textwrap.fill(caption + (f". Deviations: {'; '.join(devs)}" if devs else ""), int(width * 16))
+    note = textwrap.fill(caption + (f". Deviations: {'; '.join(devs)}" if devs else "")
+                         + (f". {trained}" if trained else ""), int(width * 16))
     title_in, note_in = 0.18 * (title.count("\n") + 1) + 0.1, 0.12 * (note.count("\n") + 1) + 0.1
     fig.set_figheight(height + title_in + note_in)  # room above and below the axes for the text
     total = fig.get_figheight()
@@ -1130,5 +1135,5 @@ def make_figure(name: str, config: dict, record_paths, out_prefix) -> list[pathl
     plt.close(fig)
     data = out.with_name(out.name + ".data.csv")
     data.write_text(f"# {FIGURES[name].title} (config {config['name']})\n# {caption}\n"
-                    + frame.to_csv(index=False))
+                    + (f"# {trained}\n" if trained else "") + frame.to_csv(index=False))
     return paths
