@@ -32,14 +32,14 @@ CFG = {k: v for k, v in CFG.items() if k != "data_root"}  # as the report rule p
 RUNS_DIR = REPO / CFG["paths"]["results"] / "runs"
 ROUND = 0.05 + 1e-9  # a value printed with one decimal
 # A 95 % percentile interval from the report's 2000 replicates is checked against this module's own
-# bootstrap (8000 replicates, another generator): its 2.5 % (97.5 %) end must lie where the
+# bootstrap (4000 replicates, another generator): its 2.5 % (97.5 %) end must lie where the
 # 2.5 % (97.5 %) quantile of 2000 replicates plausibly falls, the quantiles at 0.025 -+ 3 binomial
 # standard errors of 2000 draws, widened by the printed rounding and SLACK points. (With few seeds
 # the distribution is lumpy: 3 seeds resampled give 10 seed mixtures, so a fixed tolerance either
 # fails on a legitimate run or is loose everywhere.)
 REPORT_BOOT = 2000
 SLACK = 0.3
-N_BOOT = 8000
+N_BOOT = 4000
 QKV = ("q_proj", "k_proj", "v_proj")
 
 pytestmark = pytest.mark.skipif(not RUNS_DIR.is_dir(), reason=f"no committed records under {RUNS_DIR}")
