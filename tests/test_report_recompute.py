@@ -639,3 +639,21 @@ def test_every_registered_table_and_figure_is_recomputed_here():
     assert set(report.TABLES) | {"table1"} == covered_tables
     assert set(report.FIGURES) == covered_figures
 
+
+
+@pytest.mark.parametrize("name", ["table2", "table3", "table4", "table5", "table6", "table7"])
+def test_footer_runs_deviations_and_commits_recomputed(name):
+    """Under every table: its runs, the deviations of their records and evaluations, and the
+    commits the records trained at (with their run counts), recomputed from the files."""
+    df, ids = table(name)
+    runs = runs_of(name)
+    assert ids == [r.rid for r in runs]
+    devs = list(dict.fromkeys([d for r in runs for d in r.record["run_info"].get("deviations") or []]
+                              + [d for r in runs for d in r.eval.get("deviations") or []]))
+    assert df.attrs["deviations"] == devs
+    commits = Counter((r.record["meta_info"]["git_sha"][:7] + ("+dirty" if r.record["meta_info"].get("git_dirty") else ""))
+                      for r in runs)
+    line = df.attrs["provenance"]
+    for sha, n in commits.items():
+        assert f"{sha} ({n} run{'s' if n != 1 else ''})" in line, (sha, n, line)
+    assert line.count(" run") == len(commits)
