@@ -35,7 +35,7 @@ def test_figure3_draws_each_method_at_its_reached_budget_with_intervals(tmp_path
     assert "n = 320" in caption and "seeds = 2" in caption and "95 %" in caption
     out = report.make_figure("figure3", cfg, paths, tmp_path / "fig" / "figure3")
     assert [p.suffix for p in out] == [".png", ".pdf"] and all(p.stat().st_size > 1000 for p in out)
-    assert (tmp_path / "fig" / "figure3.data.csv").read_text().count("\n") == 2 + 1 + 6
+    assert (tmp_path / "fig" / "figure3.data.csv").read_text().count("\n") == 3 + 1 + 6  # title, caption, commits the records ran at; columns; rows
 
 
 def test_placement_figures_show_accuracy_per_placement(tmp_path, cfg):

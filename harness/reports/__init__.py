@@ -27,6 +27,7 @@ import pkgutil
 from types import ModuleType
 
 from harness import config as hc
+from harness import provenance
 
 _PACKAGE = "harness.reports.targets"
 _DIR = pathlib.Path(__file__).resolve().parent / "targets"
@@ -114,7 +115,8 @@ def build_table(name: str, config: dict, record_paths):
     runs = [load_run(p) for p in record_paths]
     ctx = Ctx(name, config, runs)
     df = t.module.build(ctx)
-    df.attrs.update(footnotes=ctx.notes.items, deviations=deviations(runs))
+    df.attrs.update(footnotes=ctx.notes.items, deviations=deviations(runs),
+                    provenance=provenance.trained_at([r.record for r in runs]))  # the commits they trained at
     return df, [r.run_id for r in runs], t.title
 
 

@@ -7,6 +7,7 @@ import textwrap
 
 import pandas as pd
 
+from harness import provenance
 from harness.reports.cells import UNNUMBERED, note_number
 from harness.reports.runs import Run
 
@@ -30,6 +31,8 @@ def footer(df: pd.DataFrame, config: dict) -> list[str]:
     lines = [n if n in UNNUMBERED else f"{note_number(notes, n)}. {n}" for n in notes]
     devs = df.attrs.get("deviations", [])
     lines.append("deviations: " + ("; ".join(devs) if devs else "none recorded"))
+    if df.attrs.get("provenance"):  # the commits the records ran at (harness.provenance)
+        lines.append(df.attrs["provenance"])
     lines.append(f"config: {config['name']} ({config.get('description', '')})")
     return lines
 
@@ -71,9 +74,11 @@ def write_figure(fig, frame: pd.DataFrame, caption: str, title: str, config: dic
     """Write <out_prefix>.png, .pdf and the data drawn as <out_prefix>.data.csv, with the title
     above the axes and the caption and the runs' deviations below them."""
     devs = deviations(runs)
+    trained = provenance.trained_at([r.record for r in runs])
     width, height = fig.get_figwidth(), fig.get_figheight()
     wrapped = textwrap.fill(f"{title} (config {config['name']})", int(width * 11))
-    note = textwrap.fill(caption + (f". Deviations: {'; '.join(devs)}" if devs else ""), int(width * 16))
+    note = textwrap.fill(caption + (f". Deviations: {'; '.join(devs)}" if devs else "")
+                         + (f". {trained}" if trained else ""), int(width * 16))
     title_in, note_in = 0.18 * (wrapped.count("\n") + 1) + 0.1, 0.12 * (note.count("\n") + 1) + 0.1
     fig.set_figheight(height + title_in + note_in)  # room above and below the axes for the text
     total = fig.get_figheight()
@@ -87,5 +92,6 @@ def write_figure(fig, frame: pd.DataFrame, caption: str, title: str, config: dic
         fig.savefig(path, dpi=150, metadata=None if path.suffix == ".png" else {"CreationDate": None})
     plt().close(fig)
     data = out.with_name(out.name + ".data.csv")
-    data.write_text(f"# {title} (config {config['name']})\n# {caption}\n" + frame.to_csv(index=False))
+    data.write_text(f"# {title} (config {config['name']})\n# {caption}\n"
+                    + (f"# {trained}\n" if trained else "") + frame.to_csv(index=False))
     return paths

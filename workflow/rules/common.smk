@@ -15,10 +15,16 @@ from harness import reports
 # each one again, refusing duplicates (the error names the key, file and line), then validate.
 for _configfile in workflow.config_settings.configfiles or [os.path.join(workflow.basedir, "config/config.yaml")]:
     hc.load_yaml_strict(_configfile)
+# --config from_records=true arrives as the string "true": only true/false are accepted
+if isinstance(config.get("from_records"), str):
+    if config["from_records"].lower() not in ("true", "false"):
+        raise ValueError(f"--config from_records={config['from_records']}: write from_records=true or false")
+    config["from_records"] = config["from_records"].lower() == "true"
 CFG = hc.load_config(config)  # applies `recipe`, checks the schema and every method's own Settings
 PATHS = CFG["paths"]
 EXE = CFG["execution"]
 TARGETS = reports.configured(CFG)  # every table and figure whose experiments entry this config has
+FROM_RECORDS = bool(CFG.get("from_records"))  # --config from_records=true: tables from the records on disk
 RES, RESULTS, LOGS, BENCH = (PATHS[k] for k in ("resources", "results", "logs", "benchmarks"))
 RUN_ID = hc.RUN_ID_TEMPLATE  # the run-id grammar (harness.config), as wildcards
 RUN = f"{RESULTS}/runs/{RUN_ID}"
@@ -74,8 +80,31 @@ def target_inputs(target):
     return [eval_file(r) for r in reports.expand_runs(CFG, target)]
 
 
+def report_inputs(target):
+    """The report rule's inputs: the evaluations (Table 1: the profile); with from_records also the
+    records, every one of them required to exist already (no rule makes them in that mode)."""
+    files = target_inputs(target)
+    if not FROM_RECORDS:
+        return files
+    files = list(dict.fromkeys(files + (target_records(target) if target != "table1" else [])))
+    missing = [f for f in files if not os.path.exists(f)]
+    if missing:
+        make = "snakemake profile_table1" if target == "table1" else f"snakemake --cores all {target}"
+        raise FileNotFoundError(
+            f"from_records=true rebuilds {target} from the records on disk, but {len(missing)} of its "
+            f"{len(files)} input files are missing:\n  " + "\n  ".join(missing[:20])
+            + ("\n  ..." if len(missing) > 20 else "")
+            + f"\nThey are made by training/evaluating: run `{make}` (without from_records) to produce them.")
+    return files
+
+
+def report_input_function(target):
+    """report_inputs(target) as an input function: checked only for the targets asked for."""
+    return lambda wildcards: report_inputs(target)
+
+
 def target_records(target):
-    """Record paths handed to harness.report (profiles for Table 1)."""
+    """Record paths handed to harness.reports (Table 1: its profile)."""
     if target == "table1":
         return target_inputs(target)
     return [f"{hc.run_dir(CFG, r)}/record.json" for r in reports.expand_runs(CFG, target)]

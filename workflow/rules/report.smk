@@ -9,7 +9,7 @@ for _target in TARGETS:
         name:
             _target
         input:
-            target_inputs(_target),
+            report_inputs(_target) if not FROM_RECORDS else report_input_function(_target),
         output:
             report_outputs([_target]),
         log:
@@ -18,7 +18,9 @@ for _target in TARGETS:
             target=_target,
             records=target_records(_target),
             out_prefix=lambda w, output: os.path.splitext(output[0])[0],
-            config={k: v for k, v in CFG.items() if k != "data_root"},  # where data lives decides nothing here
+            # where data lives, and whether the records were just trained or are read from disk
+            # (from_records), decide nothing here: a table is a function of its records
+            config={k: v for k, v in CFG.items() if k not in ("data_root", "from_records")},
         threads: 1
         resources:
             mem_mb=mem("report"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 
+from harness import provenance
 from harness.records import read_json
 
 KIND = "table"
@@ -45,7 +46,8 @@ def build_from_files(paths):
     if len(profiles) != 1:
         raise ValueError(f"Table 1 is rendered from one side-by-side profile JSON, got {len(profiles)}: {paths}")
     df = table1_frame(profiles[0])
-    df.attrs.update(footnotes=[], deviations=list(profiles[0].get("deviations") or []))
+    df.attrs.update(footnotes=[], deviations=list(profiles[0].get("deviations") or []),
+                    provenance=provenance.profiled_at(profiles))
     return df, [str(p) for p in paths], TITLE
 
 
