@@ -13,7 +13,7 @@ import pathlib
 import numpy as np
 
 from harness import config as hc
-from harness.records import read_json
+from harness.records import read_json, read_record
 
 
 @dataclasses.dataclass
@@ -75,7 +75,7 @@ class Run:
 def load_run(record_path) -> Run:
     """Read a run's record.json and its eval/*.json and per-task predictions (never writes)."""
     path = pathlib.Path(record_path)
-    record = read_json(path, "the run's record, written by the train job,")
+    record = read_record(path)  # the one record reader (harness.records)
     if not isinstance(record, dict) or "run_id" not in record.get("run_info", {}):
         raise ValueError(f"{path} is not a run record (no run_info.run_id); train the run again")
     evals, correct, labels, problems = {}, {}, {}, {}
