@@ -168,6 +168,7 @@ def test_unfrozen_weight_is_rejected():
         sl(torch.randn(2, 32))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_matches_dense(dtype):
