@@ -298,18 +298,32 @@ def check_accumulate_on_cpu(device, l) -> dict:
             "accumulator_devices": {"accumulate_on_cpu": plans[True][1], "on_device": plans[False][1]}}
 
 
+def _safe(name: str, fn, *args, **kw) -> dict:
+    """fn(*args) -> its check dict; an exception is a failed check named `name`, with the error."""
+    try:
+        return fn(*args, **kw)
+    except Exception as err:
+        return {"name": name, "passed": False, "error": f"{type(err).__name__}: {str(err)[:300]}"}
+
+
 def exactness_checks(device, l: int) -> list[dict]:
     """Every exactness check on `device` (TF32 off during them, so fp32 means fp32)."""
     device = torch.device(device)
+    f32, b16 = torch.float32, torch.bfloat16
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
-        checks = [check_gradients(device, torch.float32, l), check_gradients(device, torch.bfloat16, l),
-                  check_gradients(device, torch.float32, l, autocast=True),
-                  check_frozen_bit_identical(device, torch.float32, l),
-                  check_frozen_bit_identical(device, torch.bfloat16, l),
-                  check_saved_columns(device, torch.float32, l), check_saved_columns(device, torch.bfloat16, l),
-                  check_accumulate_on_cpu(device, l)]
+        checks = [_safe("gradients match dense (float32)", check_gradients, device, f32, l),
+                  _safe("gradients match dense (bfloat16)", check_gradients, device, b16, l),
+                  _safe("gradients match dense (bf16 autocast, fp32 weights)", check_gradients, device, f32, l,
+                        autocast=True),
+                  _safe("frozen weights bit-identical after AdamW (float32)", check_frozen_bit_identical,
+                        device, f32, l),
+                  _safe("frozen weights bit-identical after AdamW (bfloat16)", check_frozen_bit_identical,
+                        device, b16, l),
+                  _safe("saved activations = the needed columns (float32)", check_saved_columns, device, f32, l),
+                  _safe("saved activations = the needed columns (bfloat16)", check_saved_columns, device, b16, l),
+                  _safe("accumulate_on_cpu sums = on-device sums", check_accumulate_on_cpu, device, l)]
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     return checks
@@ -592,7 +606,7 @@ def measure_table1(cfgs: dict, mode: dict, layers: int, device, deadline: float,
         fit = {"probe_step_rise_bytes": probe}
         if device.type == "cuda":
             free = torch.cuda.get_device_properties(device).total_memory - torch.cuda.memory_allocated(device)
-            need = 4 * param_bytes + probe + 2 * 2**30   # own weights, gradients, 2 AdamW states; the step; 2 GiB margin
+            need = full_ft_need_bytes(param_bytes, probe)
             fit.update(free_bytes=int(free), need_bytes=int(need))
             if not with_full_ft or need > free:
                 not_fitting["full_ft"] = (
@@ -619,6 +633,13 @@ def measure_table1(cfgs: dict, mode: dict, layers: int, device, deadline: float,
            "accelerator": {"mixed_precision": str(acc.mixed_precision), "device": str(acc.device)}}
     arms.clear()
     return out
+
+
+def full_ft_need_bytes(param_bytes: int, probe_rise: int) -> int:
+    """Device memory full FT needs beside arms already resident: its own weights, their gradients and
+    AdamW's two states (each the size of the weights: bf16 weights give bf16 states), the largest
+    step rise any other arm showed (activations), and a 2 GiB margin."""
+    return int(4 * param_bytes + probe_rise + 2 * 2**30)
 
 
 def _probe_rise(arms: dict, batch: dict, device) -> int:

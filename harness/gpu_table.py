@@ -167,7 +167,7 @@ def render(doc: dict | None, why: str | None = None) -> tuple[str, list[dict]]:
     if t1["status"] == "measured":
         s = t1["settings"]
         md += [f"{t1['layers']} decoder layers ({'full depth' if t1['full_depth'] else 'NOT full depth'}), "
-               f"{t1['total_params'] / 1e9:.2f} B parameters, batch {t1['batch_size']} x {t1['seq_len']} tokens, "
+               f"{_count(t1['total_params'])} parameters, batch {t1['batch_size']} x {t1['seq_len']} tokens, "
                f"budget {t1['budget_pct']} %, {s['steps']} timed rounds after {s['warmup_steps']} untimed"
                f"{' (stopped early by the time guard)' if s.get('stopped_early') else ''}; CUDA max allocated: "
                "with every arm resident; peak of this method: its parameters + optimizer state + its step's rise.", ""]
@@ -180,6 +180,10 @@ def render(doc: dict | None, why: str | None = None) -> tuple[str, list[dict]]:
                "0.94 x LoRA's and 0.92 x DoRA's step time, 14.6 x faster than full FT with offload."]
         md += ["", "Deviations: " + "; ".join(t1.get("deviations", []))]
     return "\n".join(md) + "\n", rows
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e8 else f"{n / 1e6:.2f} M"
 
 
 def _yn(v):

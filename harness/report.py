@@ -795,6 +795,9 @@ def make_table(name: str, config: dict, record_paths, out_prefix) -> pd.DataFram
     """Build table `name` from run records (Table 1: profile JSONs) and write CSV/MD/TeX."""
     df, ids, title = build_table(name, config, record_paths)
     write_table(df, title, config, ids, out_prefix)
+    if name == "table1":  # the GPU check's Table 1 beside it (harness.gpu_table; "no GPU measurement yet" without one)
+        from harness import gpu_table
+        gpu_table.write_beside(out_prefix)
     return df
 
 
