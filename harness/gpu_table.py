@@ -133,7 +133,7 @@ def render(doc: dict | None, why: str | None = None) -> tuple[str, list[dict]]:
     """(markdown, Table 1 rows) of a GPU check document; doc None: the "no GPU measurement yet" page."""
     if doc is None:
         md = [f"**{TITLE}**", "", f"{NO_GPU}: {why}.", "",
-              f"Run `{COMMAND}` on a machine with one CUDA GPU (about 3-8 minutes on one H100), commit "
+              f"Run `{COMMAND}` on a machine with one CUDA GPU (its time guard stops it within 8 minutes; it has not run on a GPU yet), commit "
               "`results/gpu/gpu_check.json`, then `snakemake table1` renders it here."]
         return "\n".join(md) + "\n", []
     dev, ver, parts = doc["device"], doc["versions"], doc["parts"]
