@@ -84,11 +84,11 @@ MODES = {
     "full": {"layer_shapes": [(4096, 4096), (11008, 4096)], "block_size": 256, "tokens": 2048,
              "block_fracs": [0.01, 0.05], "samples": 15, "iters_per_sample": 10, "layer_warmup": 3,
              "model": LLAMA_7B, "batch_size": 16, "seq_len": 256, "smt_block_size": 256,
-             "rounds_warmup": 3, "rounds_timed": 20, "exact_l": 128},
+             "rounds_warmup": 3, "rounds_timed": 20, "exact_l": 128, "dtype": "bfloat16"},
     "tiny": {"layer_shapes": [(512, 512), (1376, 512)], "block_size": 32, "tokens": 256,
              "block_fracs": [0.01, 0.05], "samples": 5, "iters_per_sample": 2, "layer_warmup": 1,
              "model": TINY_LLAMA, "batch_size": 2, "seq_len": 32, "smt_block_size": 16,
-             "rounds_warmup": 1, "rounds_timed": 3, "exact_l": 16},
+             "rounds_warmup": 1, "rounds_timed": 3, "exact_l": 16, "dtype": "float32"},
 }
 # each part's minimum time left to start, seconds (full mode; tiny: a tenth)
 PART_MIN_S = {"exactness": 20, "pytest": 40, "layer": 30, "table1": 90}
@@ -273,29 +273,30 @@ def check_saved_columns(device, dtype, l) -> dict:
 
 
 def check_accumulate_on_cpu(device, l) -> dict:
-    """GradientScorer: fp32 sums kept on the CPU (accumulate_on_cpu) equal the on-device sums, and select the same blocks."""
+    """GradientScorer: fp32 sums kept on the CPU (accumulate_on_cpu) equal the on-device sums of the same
+    gradients (two scorers on one model, so GPU kernels' run-to-run determinism does not enter), and the
+    two select the same blocks."""
     torch.manual_seed(3)
     model = nn.Sequential()
     model.add_module("q_proj", nn.Linear(4 * l, 4 * l, bias=False))
     model.add_module("v_proj", nn.Linear(4 * l, 2 * l, bias=False))
     model = model.to(device)
-    plans, sums = {}, {}
-    for on_cpu in (False, True):
-        cfg = smt.SMTConfig(block_size=l, budget=5, target_modules=["q_proj", "v_proj"], accumulate_on_cpu=on_cpu)
-        scorer = smt.GradientScorer(model, cfg)
-        gen = torch.Generator(device="cpu").manual_seed(0)
-        for _ in range(3):
-            x = torch.randn(8, 4 * l, generator=gen).to(device)
-            model(x).pow(2).sum().backward()
-            scorer.accumulate()
-            model.zero_grad(set_to_none=True)
-        sums[on_cpu] = {n: t.clone() for n, t in scorer._acc.items()}
-        devices = sorted({t.device.type for t in scorer._acc.values()})
-        plans[on_cpu] = (scorer.select().blocks, devices)
-    same_sums = all(torch.equal(sums[True][n].cpu(), sums[False][n].cpu()) for n in sums[False])
-    return {"name": "accumulate_on_cpu sums = on-device sums", "passed": same_sums and plans[True][0] == plans[False][0]
-            and plans[True][1] == ["cpu"], "sums_identical": same_sums, "same_plan": plans[True][0] == plans[False][0],
-            "accumulator_devices": {"accumulate_on_cpu": plans[True][1], "on_device": plans[False][1]}}
+    scorers = {on_cpu: smt.GradientScorer(model, smt.SMTConfig(block_size=l, budget=5, target_modules=[
+        "q_proj", "v_proj"], accumulate_on_cpu=on_cpu)) for on_cpu in (False, True)}
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    for _ in range(3):
+        model(torch.randn(8, 4 * l, generator=gen).to(device)).pow(2).sum().backward()
+        for s in scorers.values():
+            s.accumulate()
+        model.zero_grad(set_to_none=True)
+    sums = {k: {n: t.detach().cpu().clone() for n, t in s._acc.items()} for k, s in scorers.items()}
+    devices = {k: sorted({t.device.type for t in s._acc.values()}) for k, s in scorers.items()}
+    plans = {k: s.select().blocks for k, s in scorers.items()}
+    same_sums = all(torch.equal(sums[True][n], sums[False][n]) for n in sums[False])
+    return {"name": "accumulate_on_cpu sums = on-device sums", "passed": same_sums and plans[True] == plans[False]
+            and devices[True] == ["cpu"] and devices[False] == [device.type], "sums_identical": same_sums,
+            "same_plan": plans[True] == plans[False],
+            "accumulator_devices": {"accumulate_on_cpu": devices[True], "on_device": devices[False]}}
 
 
 def _safe(name: str, fn, *args, **kw) -> dict:
@@ -467,7 +468,7 @@ LAYER_GOAL = 1.05
 
 def part_layer(device, mode: dict, clock: Clock, scale: float) -> dict:
     start = time.monotonic()
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = getattr(torch, mode["dtype"])
     res = {"timer": "cuda events" if device.type == "cuda" else "perf_counter", "dtype": str(dtype).replace("torch.", ""),
            "samples": mode["samples"], "iters_per_sample": mode["iters_per_sample"], "warmup": mode["layer_warmup"],
            "goal": f"SMT <= {LAYER_GOAL} x the frozen layer (median of paired ratios)", "cases": []}
@@ -509,15 +510,16 @@ def table1_run_cfgs(config: dict, methods, budget_pct: float, mode: dict, device
     """Resolved run_cfgs (config/paper.yaml) for Table 1's methods at budget_pct, adapted to the check."""
     from harness import config as hc
 
-    cuda = device.type == "cuda"
+    bf16 = mode["dtype"] == "bfloat16"
     cfgs = {}
     for m in methods:
         entry = hc.method_entry(config, m)
         rid = hc.make_run_id(model_name, "commonsense", m, budget_pct, entry["placement"], config["seeds"][0])
         cfg = hc.resolve_run(config, rid)
         cfg["model"] = {"name": f"{model_name}-shaped, random weights", "path": None,
-                        "dtype": "bfloat16" if cuda else "float32", "device": str(device)}
-        cfg["execution"] = {"launcher": "python", "mixed_precision": "bf16" if cuda else "no"}
+                        "dtype": mode["dtype"], "device": str(device)}
+        # config/paper.yaml: bf16 weights and execution.mixed_precision bf16
+        cfg["execution"] = {"launcher": "python", "mixed_precision": "bf16" if bf16 else "no"}
         if cfg["method"]["name"] == "smt":
             # random blocks at the same budget: a warm-up on random weights carries no information,
             # and a full-FT warm-up of 7B parameters does not fit beside the other arms
@@ -574,12 +576,25 @@ def _paired(num: list, den: list) -> dict | None:
     return quartiles([a / b for a, b in zip(num, den)]) if num and den else None
 
 
+def fresh_accelerator(run_cfg: dict):
+    """harness.train.build_accelerator after dropping accelerate's process-wide state (one process
+    only): an earlier Accelerator with another mixed_precision in the same process (pytest, the
+    parts of this check) would otherwise be refused."""
+    from accelerate.state import AcceleratorState
+
+    from harness.train import build_accelerator
+
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 and AcceleratorState._shared_state:
+        AcceleratorState._reset_state(reset_partial_state=False)
+    return build_accelerator(run_cfg)
+
+
 def measure_table1(cfgs: dict, mode: dict, layers: int, device, deadline: float, with_full_ft: bool) -> dict:
     """Build the arms over one shared set of random weights and run harness.profile.run_rounds."""
     from harness import profile as prof
-    from harness.train import build_accelerator, set_seed
+    from harness.train import set_seed
 
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = getattr(torch, mode["dtype"])
     first = cfgs[next(iter(cfgs))]
     settings = prof.table1_settings({"steps": mode["rounds_timed"], "warmup_steps": mode["rounds_warmup"],
                                      "batch_size": mode["batch_size"], "seq_len": mode["seq_len"], "seed": 0},
@@ -587,7 +602,7 @@ def measure_table1(cfgs: dict, mode: dict, layers: int, device, deadline: float,
     cfgs = {n: prof._profile_cfg(c, settings) for n, c in cfgs.items()}
     n_rounds = settings["warmup_steps"] + settings["steps"]
     batches = random_batches(n_rounds, settings["batch_size"], settings["seq_len"], mode["model"]["vocab_size"])
-    acc = build_accelerator(first)
+    acc = fresh_accelerator(first)
     set_seed(0)
     base = build_base(mode["model"], layers, dtype, device)
     n_params = sum(p.numel() for p in base.parameters())
@@ -610,8 +625,8 @@ def measure_table1(cfgs: dict, mode: dict, layers: int, device, deadline: float,
             fit.update(free_bytes=int(free), need_bytes=int(need))
             if not with_full_ft or need > free:
                 not_fitting["full_ft"] = (
-                    f"does not fit beside the other arms: needs ~{_gib(need)} GiB (its own weights, gradients "
-                    f"and two AdamW states = 4 x {_gib(param_bytes)} GiB, the largest step rise "
+                    f"does not fit beside the other arms: needs ~{_gib(need)} GiB (its own weights, gradients, "
+                    f"two AdamW states and the update's temporaries = 5 x {_gib(param_bytes)} GiB, the largest step rise "
                     f"{_gib(probe)} GiB, 2 GiB margin), {_gib(free)} GiB free on the device; the paper runs "
                     "full FT with DeepSpeed ZeRO-2 CPU offload, which this check does not use"
                     if with_full_ft else "left out by --no-full-ft")
@@ -636,10 +651,11 @@ def measure_table1(cfgs: dict, mode: dict, layers: int, device, deadline: float,
 
 
 def full_ft_need_bytes(param_bytes: int, probe_rise: int) -> int:
-    """Device memory full FT needs beside arms already resident: its own weights, their gradients and
-    AdamW's two states (each the size of the weights: bf16 weights give bf16 states), the largest
-    step rise any other arm showed (activations), and a 2 GiB margin."""
-    return int(4 * param_bytes + probe_rise + 2 * 2**30)
+    """Device memory full FT needs beside arms already resident: its own weights, their gradients,
+    AdamW's two states (each the size of the weights: bf16 weights give bf16 states) and about one more
+    for the foreach update's temporaries, the largest step rise any other arm showed (activations),
+    and a 2 GiB margin."""
+    return int(5 * param_bytes + probe_rise + 2 * 2**30)
 
 
 def _probe_rise(arms: dict, batch: dict, device) -> int:
@@ -676,6 +692,11 @@ def ratios(arms: dict) -> dict:
     return out
 
 
+def _is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower() \
+        or "CUBLAS_STATUS_ALLOC_FAILED" in str(err)
+
+
 def part_table1(device, mode: dict, clock: Clock, scale: float, args) -> dict:
     start = time.monotonic()
     need = PART_MIN_S["table1"] * scale + RESERVE_S * scale
@@ -707,22 +728,25 @@ def part_table1(device, mode: dict, clock: Clock, scale: float, args) -> dict:
         try:
             result = measure_table1(cfgs, mode, layers, device, clock.deadline(RESERVE_S * scale), with_full_ft)
             attempt["status"] = "measured"
-            base["attempts"].append(attempt)
-            break
-        except torch.cuda.OutOfMemoryError as err:
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as err:
+            if not _is_oom(err):
+                raise
             attempt["status"] = f"error: out of memory ({str(err).splitlines()[0][:200]})"
-            base["attempts"].append(attempt)
-            gc.collect()
+        base["attempts"].append(attempt)
+        if result is not None:
+            break
+        gc.collect()              # here, not in the except block: its traceback keeps the arms alive
+        if device.type == "cuda":
             torch.cuda.empty_cache()
-            if with_full_ft and "full_ft" in cfgs:
-                with_full_ft = False          # first drop full FT (it is the largest arm) ...
-            elif layers > 1:
-                layers = max(1, layers * 2 // 3)   # ... then layers
-            else:
-                break
-            if clock.left() < need:
-                base["attempts"].append({"layers": layers, "status": "skipped: time"})
-                break
+        if with_full_ft and "full_ft" in cfgs:
+            with_full_ft = False                 # first drop full FT (the largest arm) ...
+        elif layers > 1:
+            layers = max(1, layers * 2 // 3)     # ... then layers
+        else:
+            break
+        if clock.left() < need:
+            base["attempts"].append({"layers": layers, "with_full_ft": with_full_ft, "status": "skipped: time"})
+            break
     if result is None:
         last = base["attempts"][-1]["status"] if base["attempts"] else "not run"
         return {**base, "status": last if last.startswith(("error", "skipped")) else f"error: {last}",
@@ -735,7 +759,8 @@ def part_table1(device, mode: dict, clock: Clock, scale: float, args) -> dict:
     res = {**base, **result, "ratios": ratios(result["arms"]), "status": "measured",
            "full_depth": layers == mode["model"]["num_hidden_layers"], "seconds": time.monotonic() - start}
     if device.type == "cuda":
-        res["max_memory_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
+        peaks = [a["cuda"]["max_allocated_bytes"] for a in result["arms"].values() if a.get("cuda")]
+        res["max_memory_allocated_bytes"] = max(peaks) if peaks else None   # every arm resident, any step
         gc.collect()
         torch.cuda.empty_cache()
     return res
@@ -794,6 +819,8 @@ def parse_args(argv=None):
     p.add_argument("--layers", type=int, default=None, help="decoder layers of the model (default: full depth, "
                    "fewer after an out-of-memory error)")
     p.add_argument("--no-full-ft", action="store_true", help="leave full FT out of Table 1")
+    p.add_argument("--dtype", choices=["bfloat16", "float32"], default=None,
+                   help="weights and layer dtype (default: bfloat16 on a GPU, the paper's; float32 in tiny mode)")
     p.add_argument("--parts", nargs="+", default=["exactness", "layer", "table1"],
                    choices=["exactness", "layer", "table1"])
     return p.parse_args(argv)
@@ -804,7 +831,7 @@ def main(argv=None) -> dict:
     cuda = torch.cuda.is_available()
     tiny = args.tiny or not cuda
     mode_name = "tiny" if tiny else "full"
-    mode = MODES[mode_name]
+    mode = dict(MODES[mode_name], **({"dtype": args.dtype} if args.dtype else {}))
     limit = args.limit_s or (300.0 if tiny else 480.0)
     scale = 0.1 if tiny else 1.0
     clock = Clock(limit)

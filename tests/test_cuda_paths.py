@@ -39,9 +39,9 @@ def _batch(seed=0, b=2, t=16):
 
 
 def _accelerator(mixed_precision):
-    from harness.train import build_accelerator
+    from benchmarks.gpu_check import fresh_accelerator   # earlier tests' Accelerators may have another precision
 
-    return build_accelerator({"execution": {"launcher": "python", "mixed_precision": mixed_precision},
+    return fresh_accelerator({"execution": {"launcher": "python", "mixed_precision": mixed_precision},
                               "model": {"device": DEV}, "method": {"name": "smt"}})
 
 
@@ -127,28 +127,28 @@ def test_bf16_weights_loop_steps_keep_frozen_weights_bit_identical():
 
 
 def test_accumulate_on_cpu_in_the_loop_matches_on_device_sums():
-    """SMT's warm-up through TrainStep (after_backward = scorer.accumulate, grad_only): the fp32
-    sums kept on the CPU equal the on-device sums bit for bit, and the plans are the same."""
-    plans, sums = {}, {}
-    for on_cpu in (False, True):
-        model = _model()
-        for p in model.parameters():
-            p.requires_grad_(True)
-        cfg = smt.SMTConfig(block_size=L, budget=10, target_modules=["q_proj", "k_proj", "v_proj"],
-                            warmup_mode="grad_only", accumulate_on_cpu=on_cpu)
-        scorer = smt.GradientScorer(model, cfg)
-        acc = _accelerator("bf16")
-        prepared = acc.prepare(model)
-        step = TrainStep({**TRAIN, "max_grad_norm": 0.0}, prepared, None, None, acc,
-                         after_backward=lambda m: scorer.accumulate())
-        for i in range(3):
-            step(iter([_batch(i)]), i)
-        assert {t.device.type for t in scorer._acc.values()} == ({"cpu"} if on_cpu else {torch.device(DEV).type})
-        sums[on_cpu] = {n: t.detach().cpu().clone() for n, t in scorer._acc.items()}
-        plans[on_cpu] = scorer.select().blocks
-    for n in sums[False]:
-        assert torch.equal(sums[True][n], sums[False][n]), n
-    assert plans[True] == plans[False]
+    """SMT's warm-up through TrainStep under bf16 autocast (after_backward = accumulate, grad_only): a
+    scorer keeping its fp32 sums on the CPU and one keeping them on the device, on the same model and
+    so the same gradients, hold bit-identical sums and select the same blocks."""
+    model = _model()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    scorers = {on_cpu: smt.GradientScorer(model, smt.SMTConfig(
+        block_size=L, budget=10, target_modules=["q_proj", "k_proj", "v_proj"], warmup_mode="grad_only",
+        accumulate_on_cpu=on_cpu)) for on_cpu in (False, True)}
+    acc = _accelerator("bf16")
+    prepared = acc.prepare(model)
+    step = TrainStep({**TRAIN, "max_grad_norm": 0.0}, prepared, None, None, acc,
+                     after_backward=lambda m: [s.accumulate() for s in scorers.values()])
+    for i in range(3):
+        step(iter([_batch(i)]), i)
+    assert {t.device.type for t in scorers[True]._acc.values()} == {"cpu"}
+    assert {t.device.type for t in scorers[False]._acc.values()} == {torch.device(DEV).type}
+    assert scorers[True].steps == scorers[False].steps == 3
+    for n, t in scorers[False]._acc.items():
+        assert torch.equal(scorers[True]._acc[n], t.cpu()), n
+        assert t.abs().sum() > 0, n
+    assert scorers[True].select().blocks == scorers[False].select().blocks
 
 
 def test_gpu_check_exactness_checks_pass_on_the_device():

@@ -264,3 +264,16 @@ def test_shared_copy_shares_frozen_storage_and_clones_the_targets():
 def test_full_ft_need_counts_weights_grads_two_adam_states_and_the_step():
     gib = 2**30
     assert gpu_check.full_ft_need_bytes(13 * gib, 20 * gib) == (4 * 13 + 20 + 2) * gib
+
+
+def test_table1_runs_the_paper_dtype_path_bf16_weights_and_autocast():
+    """bfloat16 weights with mixed_precision bf16 (config/paper.yaml; the GPU default), here on the CPU."""
+    mode = dict(gpu_check.MODES["tiny"], dtype="bfloat16", rounds_timed=2)
+    config, _ = gpu_check.load_paper_config(REPO / "config" / "paper.yaml")
+    cfgs = gpu_check.table1_run_cfgs(config, ["smt", "dora"], 0.84, mode, torch.device("cpu"))
+    assert {c["execution"]["mixed_precision"] for c in cfgs.values()} == {"bf16"}
+    res = gpu_check.measure_table1(cfgs, mode, 1, torch.device("cpu"), deadline=None, with_full_ft=False)
+    assert res["accelerator"]["mixed_precision"] == "bf16" and res["order"] == ["floor", "smt", "dora"]
+    assert res["arms"]["smt"]["memory"]["param_bytes"] == 2 * res["total_params"] + 2 * (
+        res["arms"]["smt"]["trainable_params"])                       # bf16 weights, plus the bf16 blocks
+    assert all(a["final_loss"] > 0 for a in res["arms"].values())
