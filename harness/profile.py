@@ -26,7 +26,6 @@ import logging
 import statistics
 import time
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -212,10 +211,12 @@ def _profile_run(run, settings: dict):
     return run.replace(train=run.train.replace(micro_batch_size=settings["batch_size"], grad_accum=1))
 
 
-def _method_arm(run, acc, device, batches, total_steps) -> _Arm:
-    """Load the model, run the method's warm-up and selection (timed apart) through the loop's own
-    warm-up phase, apply the method, make the main phase's optimizer as the loop does."""
-    model, _ = load_model(run.model.path, run.model.dtype, device)
+def _method_arm(run, acc, device, batches, total_steps, model=None) -> _Arm:
+    """Load the model (or take `model`, already built on `device`), run the method's warm-up and
+    selection (timed apart) through the loop's own warm-up phase, apply the method, make the main
+    phase's optimizer as the loop does."""
+    if model is None:
+        model, _ = load_model(run.model.path, run.model.dtype, device)
     cls = baselines.get_method(run.method.name)
     method = cls(run)
     warm, warmup_seconds = method.warmup_steps, None
@@ -234,9 +235,11 @@ def _method_arm(run, acc, device, batches, total_steps) -> _Arm:
                 _loop_step(run, acc, model, opt, sched), opt, {**info, "warmup_steps": warm}, warmup_seconds)
 
 
-def _floor_arm(run, acc, device) -> _Arm:
-    """Every weight frozen; the embedding output requires grad, so backward computes input gradients only."""
-    model, _ = load_model(run.model.path, run.model.dtype, device)
+def _floor_arm(run, acc, device, model=None) -> _Arm:
+    """Every weight frozen; the embedding output requires grad, so backward computes input gradients only.
+    `model`: one already built on `device` instead of loading the run's."""
+    if model is None:
+        model, _ = load_model(run.model.path, run.model.dtype, device)
     model.train()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -288,6 +291,51 @@ def round_robin(names: list[str], rnd: int) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------
 # the job
+
+
+def run_rounds(arms: dict, batches: list, settings: dict, device, deadline: float | None = None) -> list:
+    """Run the rounds of Table 1 (profile_table1's loop; benchmarks.gpu_check calls it too): in round r
+    every arm takes one step on batches[r], in round_robin order; round 0 accounts memory, the first
+    settings["warmup_steps"] rounds are untimed. Returns the schedule [{round, arm, timed}].
+
+    deadline: a time.monotonic() value; once past it, no further round starts after at least two
+    timed rounds (settings["steps"] is then set to the timed rounds run and settings["stopped_early"]
+    to True), so a time-limited job ends with what it measured instead of overrunning."""
+    names, schedule = list(arms), []
+    n_rounds = settings["warmup_steps"] + settings["steps"]
+    for rnd in range(n_rounds):
+        if deadline is not None and rnd - settings["warmup_steps"] >= 2 and time.monotonic() > deadline:
+            settings["steps"], settings["stopped_early"] = rnd - settings["warmup_steps"], True
+            break
+        batch = {k: v.to(device) for k, v in batches[rnd].items()}
+        timed = rnd >= settings["warmup_steps"]
+        for name in round_robin(names, rnd):
+            arm = arms[name]
+            schedule.append({"round": rnd, "arm": name, "timed": timed})
+            if rnd == 0:
+                _account(arm, batch, rnd)
+                continue
+            if device.type == "cuda":
+                _sync(device)
+                torch.cuda.reset_peak_memory_stats(device)
+                before = torch.cuda.memory_allocated(device)
+            _sync(device)
+            start = time.perf_counter()
+            loss = arm.step(batch, rnd)
+            _sync(device)
+            seconds = time.perf_counter() - start
+            if device.type == "cuda":
+                peak = torch.cuda.max_memory_allocated(device)
+                arm.cuda_peaks.append(peak)
+                arm.cuda_over.append(peak - before)
+            if timed:
+                arm.times.append(seconds)
+                arm.tokens.append(int(batch["attention_mask"].sum()))
+                arm.positions.append(int(batch["attention_mask"].numel()))
+                arm.losses.append(float(loss))
+        log.info("round %d/%d (%s): %s", rnd + 1, n_rounds, "timed" if timed else "untimed",
+                 ", ".join(f"{n} {arms[n].times[-1]:.3f}s" for n in names if timed and arms[n].times))
+    return schedule
 
 
 def profile_table1(runs: dict, table1: dict, out_path, threads: int | None = None) -> dict:
@@ -343,36 +391,7 @@ def profile_table1(runs: dict, table1: dict, out_path, threads: int | None = Non
         arms[name] = _method_arm(run, acc, device, batches, n_rounds)
         log.info("arm %s ready (%s trainable params, warm-up %s s)", name, arms[name].info.get("trainable_params"),
                  arms[name].warmup_seconds)
-    names, schedule = list(arms), []
-    for rnd in range(n_rounds):
-        batch = {k: v.to(device) for k, v in batches[rnd].items()}
-        timed = rnd >= settings["warmup_steps"]
-        for name in round_robin(names, rnd):
-            arm = arms[name]
-            schedule.append({"round": rnd, "arm": name, "timed": timed})
-            if rnd == 0:
-                _account(arm, batch, rnd)
-                continue
-            if device.type == "cuda":
-                _sync(device)
-                torch.cuda.reset_peak_memory_stats(device)
-                before = torch.cuda.memory_allocated(device)
-            _sync(device)
-            start = time.perf_counter()
-            loss = arm.step(batch, rnd)
-            _sync(device)
-            seconds = time.perf_counter() - start
-            if device.type == "cuda":
-                peak = torch.cuda.max_memory_allocated(device)
-                arm.cuda_peaks.append(peak)
-                arm.cuda_over.append(peak - before)
-            if timed:
-                arm.times.append(seconds)
-                arm.tokens.append(int(batch["attention_mask"].sum()))
-                arm.positions.append(int(batch["attention_mask"].numel()))
-                arm.losses.append(float(loss))
-        log.info("round %d/%d (%s): %s", rnd + 1, n_rounds, "timed" if timed else "untimed",
-                 ", ".join(f"{n} {arms[n].times[-1]:.3f}s" for n in names if timed and arms[n].times))
+    names, schedule = list(arms), run_rounds(arms, batches, settings, device)
     result = {"format": FORMAT, "model": first.model.name, "model_path": str(first.model.path),
               "dataset": first.dataset.name, "budget_asked": first.budget,
               "device": str(device), "dtype": str(next(arms[FLOOR].model.parameters()).dtype).replace("torch.", ""),
@@ -453,8 +472,10 @@ def _mb(n):
     return None if n is None else round(n / 2**20, 1)
 
 
-def table1_frame(profile: dict) -> pd.DataFrame:
+def table1_frame(profile: dict) -> "pd.DataFrame":
     """Table 1 from the profile JSON: one row per arm (floor first), medians with IQR, ratios, memory."""
+    import pandas as pd  # here, not at the top: the GPU check imports this module without pandas
+
     if profile.get("format") != FORMAT:
         raise ValueError(f"not a Table 1 profile (format {profile.get('format')!r}, expected {FORMAT!r}); "
                          "rebuild it with `snakemake profile_table1` (harness.profile.profile_table1)")

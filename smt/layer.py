@@ -51,7 +51,10 @@ class SparseLinearFunction(torch.autograd.Function):
         ctx.weight, ctx.rows, ctx.inv = weight, rows, inv
         if ctx.needs_input_grad[1]:
             x2 = x.reshape(-1, weight.shape[1] // l, l)               # (N, C, l), a view when x is contiguous
-            ctx.save_for_backward(x2.transpose(0, 1).index_select(0, ucols))  # (u, N, l): only needed columns
+            xs = x2.transpose(0, 1).index_select(0, ucols)            # (u, N, l): only needed columns
+            # under autocast (fp32 x, bf16 out) backward multiplies in out's dtype: cast the saved columns
+            # once here (the same rounding, so bit-identical gradients) and keep half the bytes
+            ctx.save_for_backward(xs if xs.dtype == out.dtype else xs.to(out.dtype))
         return out
 
     @staticmethod

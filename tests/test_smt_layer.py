@@ -168,6 +168,7 @@ def test_unfrozen_weight_is_rejected():
         sl(torch.randn(2, 32))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_matches_dense(dtype):
@@ -230,3 +231,29 @@ def test_a_plan_with_non_integer_blocks_is_refused_naming_the_block():
     d["modules"]["q"]["blocks"] = [[1.0, 3]]
     with pytest.raises(ValueError, match=r"block \(1\.0, 3\)"):
         smt.SelectionPlan.from_dict(d)
+
+
+def test_autocast_saves_the_columns_in_the_compute_dtype_with_identical_gradients():
+    """Under bf16 autocast (fp32 weights and input) the saved columns are bf16, not fp32: half the
+    bytes, and the block gradients bit-identical to casting the fp32 columns in the backward."""
+    lin, _ = _pair(64, 64, True, torch.float32)
+    blocks = [(0, 1), (2, 2), (3, 1)]
+    sl = smt.SparseLinear.from_linear(lin, 16, blocks)
+    x = torch.randn(3, 5, 64, requires_grad=True)
+    packed = []
+
+    def pack(t):
+        packed.append(t)
+        return t
+
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = sl(x)
+    assert y.dtype == torch.bfloat16 and [t.dtype for t in packed] == [torch.bfloat16]
+    assert packed[0].shape == (2, 15, 16)                    # columns {1, 2}
+    g = torch.randn_like(y)
+    y.backward(g)
+    x2 = x.detach().reshape(15, 64)
+    g2 = g.reshape(15, 64)
+    for i, (r, c) in enumerate(blocks):                      # g^T x in bf16, fp32 x cast to bf16 first
+        want = (g2[:, r * 16:(r + 1) * 16].t() @ x2[:, c * 16:(c + 1) * 16].to(torch.bfloat16)).float()
+        assert torch.equal(sl.blocks.grad[i], want), (r, c)

@@ -126,6 +126,8 @@ def make_table(name: str, config: dict, record_paths, out_prefix):
 
     df, ids, title = build_table(name, config, record_paths)
     write_table(df, title, config, ids, out_prefix)
+    if hasattr(target(name).module, "after_write"):  # a target's further outputs (Table 1: its GPU table)
+        target(name).module.after_write(out_prefix)
     return df
 
 

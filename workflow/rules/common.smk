@@ -73,10 +73,16 @@ def profile_file():
     return f"{RESULTS}/profile/{CFG['experiments']['table1']['model']}/table1.json"
 
 
+def gpu_check_file():
+    """The GPU check's JSON (benchmarks.gpu_check), rendered beside Table 1 when it exists."""
+    return f"{RESULTS}/gpu/gpu_check.json"
+
+
 def target_inputs(target):
-    """Files a table/figure reads: eval outputs of its runs, or Table 1's profiles."""
+    """Files a table/figure reads: eval outputs of its runs, or Table 1's profile (and the GPU check's
+    JSON when there is one: committing it reruns table1, which renders table1_gpu beside it)."""
     if target == "table1":
-        return [profile_file()]
+        return [profile_file()] + ([gpu_check_file()] if os.path.exists(gpu_check_file()) else [])
     return [eval_file(r) for r in reports.expand_runs(CFG, target)]
 
 
@@ -106,7 +112,7 @@ def report_input_function(target):
 def target_records(target):
     """Record paths handed to harness.reports (Table 1: its profile)."""
     if target == "table1":
-        return target_inputs(target)
+        return [profile_file()]  # the GPU check's JSON is an input of table1, not one of its records
     return [f"{hc.run_dir(CFG, r)}/record.json" for r in reports.expand_runs(CFG, target)]
 
 

@@ -51,5 +51,13 @@ def build_from_files(paths):
     return df, [str(p) for p in paths], TITLE
 
 
+def after_write(out_prefix) -> None:
+    """The GPU check's Table 1 beside it, table1_gpu.{md,csv} (harness.gpu_table; "no GPU
+    measurement yet" while results/gpu/gpu_check.json does not exist)."""
+    from harness import gpu_table
+
+    gpu_table.write_beside(out_prefix)
+
+
 def build(ctx):
     raise TypeError("Table 1 is built from its profile JSON (build_from_files), not from run records")

@@ -1,0 +1,1 @@
+"""Benchmarks: the SparseLinear micro-benchmark and the prepared GPU device check (`python -m benchmarks.gpu_check`)."""
