@@ -14,7 +14,9 @@ import torch
 from torch import nn
 
 import smt
-from harness.train import TrainStep, make_optimizer
+import conftest
+from harness.run_config import RunConfig, TrainConfig
+from harness.step import TrainStep, make_optimizer
 
 DEV = os.environ.get("SMT_CUDA_TEST_DEVICE", "cuda")
 pytestmark = [pytest.mark.cuda,
@@ -41,8 +43,8 @@ def _batch(seed=0, b=2, t=16):
 def _accelerator(mixed_precision):
     from benchmarks.gpu_check import fresh_accelerator   # earlier tests' Accelerators may have another precision
 
-    return fresh_accelerator({"execution": {"launcher": "python", "mixed_precision": mixed_precision},
-                              "model": {"device": DEV}, "method": {"name": "smt"}})
+    run = conftest.run_cfg({"name": "smt"}, model={"name": "tiny", "path": "-", "device": DEV})
+    return fresh_accelerator(run, {"dtype": "bfloat16" if mixed_precision == "bf16" else "float32"})
 
 
 TRAIN = {"grad_accum": 1, "max_grad_norm": 1.0, "micro_batch_size": 2, "warmup_steps": 0,
@@ -60,7 +62,7 @@ def test_bf16_autocast_in_the_loop_step_matches_dense_blocks():
     the linears really ran in bf16, and the fp32 blocks get fp32 gradients."""
     base = _model()
     dense, sparse = copy.deepcopy(base), copy.deepcopy(base)
-    plan = smt.SelectionPlan.random(sparse, smt.SMTConfig(block_size=L, budget=12,
+    plan = smt.random_plan(sparse, smt.SMTConfig(block_size=L, budget=12,
                                                           target_modules=["q_proj", "k_proj", "v_proj"]), seed=0)
     smt.apply_smt(sparse, plan)
     for n, p in dense.named_parameters():
@@ -74,7 +76,7 @@ def test_bf16_autocast_in_the_loop_step_matches_dense_blocks():
 
         def grab(m, name=name):
             grads[name] = {n: p.grad.detach().clone() for n, p in m.named_parameters() if p.grad is not None}
-        step = TrainStep({**TRAIN, "max_grad_norm": 0.0}, prepared, None, None, acc, after_backward=grab)
+        step = TrainStep(TrainConfig.from_json({**TRAIN, "max_grad_norm": 0.0}), prepared, None, None, acc, after_backward=grab)
         losses[name] = step(iter([_batch()]), 0).loss
     assert seen == {"dense": torch.bfloat16, "smt": torch.bfloat16}          # autocast was on in the loop
     assert abs(losses["smt"] - losses["dense"]) <= BF16_TOL * max(abs(losses["dense"]), 1.0)
@@ -96,13 +98,13 @@ def test_bf16_weights_loop_steps_keep_frozen_weights_bit_identical():
     outside the blocks bit-identical, the blocks changed and written into the weight."""
     model = _model(torch.bfloat16)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    plan = smt.SelectionPlan.random(model, smt.SMTConfig(block_size=L, budget=12,
+    plan = smt.random_plan(model, smt.SMTConfig(block_size=L, budget=12,
                                                          target_modules=["q_proj", "k_proj", "v_proj"]), seed=1)
     smt.apply_smt(model, plan)
-    opt, sched = make_optimizer(model, {"train": TRAIN, "method": {"name": "smt", "lr": 1e-2}}, 10, 0)
+    opt, sched = make_optimizer(model, RunConfig.from_json(conftest.run_cfg({"name": "smt", "lr": 1e-2}, train=TRAIN)), 10, 0)
     acc = _accelerator("bf16")
     prepared, opt = acc.prepare(model, opt)
-    step = TrainStep(TRAIN, prepared, opt, sched, acc)
+    step = TrainStep(TrainConfig.from_json(TRAIN), prepared, opt, sched, acc)
     for i in range(3):
         step(iter([_batch(i)]), i)
     for m in smt.sparse_modules(model).values():
@@ -138,7 +140,7 @@ def test_accumulate_on_cpu_in_the_loop_matches_on_device_sums():
         accumulate_on_cpu=on_cpu)) for on_cpu in (False, True)}
     acc = _accelerator("bf16")
     prepared = acc.prepare(model)
-    step = TrainStep({**TRAIN, "max_grad_norm": 0.0}, prepared, None, None, acc,
+    step = TrainStep(TrainConfig.from_json({**TRAIN, "max_grad_norm": 0.0}), prepared, None, None, acc,
                      after_backward=lambda m: [s.accumulate() for s in scorers.values()])
     for i in range(3):
         step(iter([_batch(i)]), i)
