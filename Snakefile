@@ -26,5 +26,6 @@ rule all:
 include: "workflow/rules/prepare.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/forgetting.smk"
 include: "workflow/rules/profile.smk"
 include: "workflow/rules/report.smk"

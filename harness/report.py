@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from harness import config as hc
+from harness import forgetting
 from harness import stats
 
 QKV = ("q_proj", "k_proj", "v_proj")
@@ -128,6 +129,8 @@ def load_run(record_path) -> Run:
         raise ValueError(f"{path} is not a run record (no run_info.run_id); train the run again")
     evals, correct, labels, problems = {}, {}, {}, {}
     for result in sorted((path.parent / "eval").glob("*.json")):
+        if result.name == forgetting.FILE:  # not a suite's evaluation (harness.forgetting)
+            continue
         ev = _read_json(result, "the evaluate job's output")
         suite = ev.get("suite") or result.stem
         evals[suite] = ev
@@ -516,6 +519,7 @@ def _table2(ctx: Ctx) -> pd.DataFrame:
                 row["vs zero-shot"] = fmt_diff(paired(row.get("_group"), zero_group, ctx.notes))
             block.append(method_row(ctx, {"Model": model, "Method": method_label(ctx.config, hc.ZERO_SHOT)},
                                     zero_group, tasks, prior))
+        forgetting.add_table_column(block, ctx.notes)
         block.append(prior_row(ctx, {"Model": model, "Method": PRIOR_ROW}, prior, tasks))
         rows += block
     return finish(rows)
@@ -968,18 +972,19 @@ def pareto_frame(ctx: Ctx) -> pd.DataFrame:
         rows.append({"run_id": r.run_id, "method": r.method, "label": method_label(ctx.config, r.method),
                      "reached": r.reached, **_est_row(g), "trainable_params": ti.get("trainable_params"),
                      "step_seconds": _step_seconds(r), "peak_memory_mb":
-                     None if ti.get("peak_memory_bytes") is None else ti["peak_memory_bytes"] / 2**20})
+                     None if ti.get("peak_memory_bytes") is None else ti["peak_memory_bytes"] / 2**20,
+                     **forgetting.pareto_columns(r)})
     return pd.DataFrame(rows, columns=["run_id", "method", "label", "reached", "acc", "lo", "hi", "spread", "seeds",
-                                       "n", "trainable_params", "step_seconds", "peak_memory_mb"])
+                                       "n", "trainable_params", "step_seconds", "peak_memory_mb", "forgetting"])
 
 
-@figure("figure_pareto", "Accuracy against trainable parameters, step time and training memory (one point per run)")
+@figure("figure_pareto", "Accuracy against trainable parameters, step time, training memory and forgetting (one point per run)")
 def _figure_pareto(ctx: Ctx):
     plt = _plt()
     frame = pareto_frame(ctx)
     axes_spec = [("trainable_params", "trainable parameters", True), ("step_seconds", "seconds per training step", False),
-                 ("peak_memory_mb", "training peak memory (MB)", False)]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
+                 ("peak_memory_mb", "training peak memory (MB)", False), forgetting.PARETO_AXIS]
+    fig, axes = plt.subplots(1, len(axes_spec), figsize=(5 * len(axes_spec), 4.2), sharey=True)
     for ax, (col, name, log) in zip(axes, axes_spec):
         for method in dict.fromkeys(frame.method):
             sub = frame[(frame.method == method) & frame[col].notna()]
@@ -1010,7 +1015,7 @@ def _figure_pareto(ctx: Ctx):
     axes[0].legend(title="method", fontsize=8)
     return fig, frame, (_interval_caption(frame).replace("mean accuracy over seeds", "one run")
                         + f"; dashed: the {PRIOR_ROW} (always the most frequent label of each task)"
-                        + ("; dotted: the zero-shot base model" if zero_levels else ""))
+                        + ("; dotted: the zero-shot base model" if zero_levels else "") + forgetting.pareto_caption(frame))
 
 
 def figure7_frame(ctx: Ctx) -> pd.DataFrame:

@@ -70,7 +70,8 @@ def target_inputs(target):
     """Files a table/figure reads: eval outputs of its runs, or Table 1's profiles."""
     if target == "table1":
         return [profile_file()]
-    return [eval_file(r) for r in hc.expand_runs(CFG, target)]
+    # + the base model's forgetting value(s) (workflow/rules/forgetting.smk) for the targets that show it
+    return [eval_file(r) for r in hc.expand_runs(CFG, target)] + forgetting_inputs(target)
 
 
 def target_records(target):
