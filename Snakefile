@@ -7,6 +7,10 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
+# `snakemake --report report.html`: every table and figure, grouped by the paper's tables
+# (workflow/rules/report.smk, captions in workflow/report/).
+report: "workflow/report/workflow.rst"
+
 
 # A --configfile replaces the default config instead of being merged into it.
 if not workflow.config_settings.configfiles:

@@ -3,22 +3,6 @@
 # evaluate job (eval/forgetting.json); Table 2 and the Pareto figure join the two. Params hold
 # what determines the value (the text's pinned SHA-256, the protocol, the model's dtype), not
 # where the data lives.
-from harness import forgetting as _forgetting
-
-FORGETTING_TARGETS = ("table2", "figure_pareto")  # the targets that show it
-
-
-def forgetting_base_file(model, text):
-    return str(_forgetting.base_path(RESULTS, model, text))
-
-
-def forgetting_inputs(target):
-    """The base-model files a table/figure joins its runs' forgetting with (none for other targets)."""
-    if target not in FORGETTING_TARGETS:
-        return []
-    pairs = {(hc.parse_run_id(r)["model"], _forgetting.text_for_suite(hc.suite_of(CFG, r)))
-             for r in hc.expand_runs(CFG, target)}
-    return [forgetting_base_file(m, t) for m, t in sorted(pairs)]
 
 
 rule forgetting_base:

@@ -10,6 +10,15 @@ if _unbuilt:
                      f"register a builder with @report.table/@report.figure (built: "
                      f"{', '.join(list(_report.TABLES) + list(_report.FIGURES))})")
 
+from harness import report_html as _report_html
+
+_ungrouped = [t for t in TARGETS if t not in _report_html.REPORT_GROUPS]
+_uncaptioned = [t for t in TARGETS if not os.path.isfile(os.path.join(workflow.basedir, f"workflow/report/{t}.rst"))]
+if _ungrouped or _uncaptioned:
+    raise ValueError(f"targets without a report section (harness.report_html.REPORT_GROUPS): {_ungrouped}; "
+                     f"without a caption workflow/report/<target>.rst: {_uncaptioned}; add them")
+
+
 for _target in TARGETS:
 
     rule:
@@ -18,7 +27,7 @@ for _target in TARGETS:
         input:
             target_inputs(_target),
         output:
-            report_outputs([_target]),
+            flagged_outputs(_target),
         log:
             f"{LOGS}/report/{_target}.log",
         params:
@@ -26,6 +35,7 @@ for _target in TARGETS:
             records=target_records(_target),
             out_prefix=lambda w, output: os.path.splitext(output[0])[0],
             config={k: v for k, v in CFG.items() if k != "data_root"},  # where data lives decides nothing here
+            facts=_report_html.caption_facts(CFG, _target),  # for the report's caption (workflow/report/)
         threads: 1
         resources:
             mem_mb=mem("report"),
