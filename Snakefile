@@ -10,6 +10,10 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
+# `snakemake --report report.html`: every table and figure, grouped by the paper's tables
+# (workflow/rules/report.smk, captions in workflow/report/).
+report: "workflow/report/workflow.rst"
+
 
 # A --configfile replaces the default config instead of being merged into it.
 if not workflow.config_settings.configfiles:
@@ -27,12 +31,13 @@ rule all:
 
 
 # from_records: the records, evaluations and Table 1's profile are plain inputs (no rule makes
-# them), so nothing is prepared, trained or evaluated and a missing one is an error naming it.
+# them), so nothing is prepared, trained, evaluated or measured and a missing one is an error naming it.
 if not FROM_RECORDS:
 
     include: "workflow/rules/prepare.smk"
     include: "workflow/rules/train.smk"
     include: "workflow/rules/evaluate.smk"
+    include: "workflow/rules/forgetting.smk"
     include: "workflow/rules/profile.smk"
 
 

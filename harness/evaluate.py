@@ -34,7 +34,7 @@ from collections import Counter
 
 from lm_eval.models.huggingface import HFLM
 
-from harness import stats
+from harness import forgetting, stats
 from harness.data import locate_test_set, resolve_data_root
 from harness.prompts import EVAL_BOUNDARY_NOTE, RESPONSE_MARKER, boundary_trim
 from harness.records import REPO_ROOT, atomic_write_json
@@ -312,7 +312,10 @@ def evaluate_run(run_dir, eval_cfg: dict, out_dir, data_root=None) -> dict:
                                 f"train the run again")
     for task in tasks:  # every test file present and verified before the (slow) model load
         locate_test_set(task, resolve_data_root(eval_cfg.get("data_root") if data_root is None else str(data_root)))
+    root = resolve_data_root(eval_cfg.get("data_root") if data_root is None else str(data_root))
+    forgetting.check_text(suite, root)
     model, tokenizer = trained_model(run, delta_dir)
+    forgetting.write_after(model, tokenizer, suite, record, root, out_dir)  # eval/forgetting.json
     return evaluate_model(model, tokenizer, eval_cfg, out_dir, data_root=data_root)
 
 

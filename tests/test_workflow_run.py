@@ -3,16 +3,21 @@
 This is the CI run of the DAG (a few minutes on 2 cores). Outputs go to a temporary directory:
 the test rewrites config/test.yaml's `paths` and nothing else.
 """
+import html.parser
 import json
 import os
 import pathlib
 import re
+import shutil
+import subprocess
 
 import pytest
 import yaml
 
 from harness import config as hc
+from harness import forgetting as fg
 from harness import reports
+from harness.report_html import REPORT_GROUPS
 from harness.config import REPO_ROOT
 from test_workflow_dag import job_counts, snakemake
 
@@ -70,6 +75,110 @@ def test_every_run_has_an_ok_record_with_evaluation(tiny_run):
             assert len(preds.read_text().splitlines()) == cfg["eval"][suite]["limit"], preds
 
 
+def test_forgetting_is_measured_for_every_run_and_shown(tiny_run):
+    out, _, cfg = tiny_run
+    base = json.loads(fg.base_path(out / "results", "tiny", "gsm8k_test").read_text())
+    assert base["n_texts"] == fg.N_TEXTS and base["n_tokens"] > 0
+    for rid in reports.expand_runs(cfg, "table2"):
+        after = json.loads((out / "results" / "runs" / rid / "eval" / fg.FILE).read_text())
+        assert after["texts_sha256"] == base["texts_sha256"], rid
+        if hc.parse_run_id(rid)["method"] == hc.ZERO_SHOT:  # nothing trained: exactly the base value
+            assert after["mean_token_loss"] == pytest.approx(base["mean_token_loss"], abs=1e-6)
+    md = (out / "results" / "tables" / "table2.md").read_text()
+    assert "forgetting" in md.splitlines()[2]  # the header row of Table 2
+    assert fg.NOT_MEASURED not in md.split("Runs:")[0]  # every run evaluated from now on is measured
+    data = (out / "figures" / "figure_pareto.data.csv").read_text()
+    assert "forgetting" in data.splitlines()[2] and "not measured" not in data
+
+
+PROBE = """<script>
+async function smtProbe() {
+  const out = document.createElement('pre'); out.id = 'smt-probe';
+  for (const cat of Object.keys(categories)) {
+    for (const sub of Object.keys(categories[cat])) {
+      app.setView({navbarMode: 'menu'}); await new Promise(r => setTimeout(r, 300));
+      app.setView({navbarMode: 'subcategory', category: cat, subcategory: sub});
+      await new Promise(r => setTimeout(r, 500));
+      out.textContent += '\\n=== ' + cat + ' / ' + sub + '\\n' + document.querySelector('#app').innerText;
+    }
+  }
+  document.body.appendChild(out);
+}
+window.addEventListener('load', () => setTimeout(smtProbe, 1000));
+</script>"""
+
+
+class _Visible(html.parser.HTMLParser):
+    """The text a reader sees: everything outside <script> and <style>."""
+
+    def __init__(self):
+        super().__init__()
+        self.skip, self.parts = 0, []
+
+    def handle_starttag(self, tag, attrs):
+        self.skip += tag in ("script", "style")
+
+    def handle_endtag(self, tag):
+        self.skip -= tag in ("script", "style")
+
+    def handle_data(self, data):
+        if not self.skip:
+            self.parts.append(data)
+
+
+def test_snakemake_html_report_renders_in_a_headless_browser(tiny_run):
+    out, cfg_file, cfg = tiny_run
+    browser = next((shutil.which(b) for b in ("chromium", "chromium-browser") if shutil.which(b)), None)
+    assert browser, "no chromium: the README's Set up installs it (apt-get install -y chromium)"
+    report = out / "report.html"
+    res = snakemake(f"--configfile={cfg_file}", "--report", str(report), timeout=900)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-5000:]
+    raw = report.read_text()
+    for target in reports.TARGETS:  # every table and figure is in the report
+        exts = ("html", "csv") if target.startswith("table") else ("png",)
+        for ext in exts:
+            assert f"{target}.{ext}" in raw, f"{target}.{ext} not in {report}"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000"]
+    dom = subprocess.run([browser, *flags, "--dump-dom", report.as_uri()], capture_output=True, text=True,
+                         timeout=300)
+    assert dom.returncode == 0, dom.stderr[-3000:]
+    parser = _Visible()
+    parser.feed(dom.stdout)
+    visible = " ".join(" ".join(parser.parts).split())
+    # drawn by the report's JavaScript: the workflow description and one menu entry per paper table
+    assert "Sparse Matrix Tuning" in visible and "System Message" not in visible, visible[:2000]
+    for category in dict.fromkeys(c for c, _ in REPORT_GROUPS.values()):
+        assert category in visible, (category, visible[:3000])
+    # a copy that, once the report's own JavaScript has drawn it, opens every section in turn and
+    # appends what each one shows (the report has no URL per section)
+    probe = out / "report-probe.html"
+    end = raw.rindex("</body>")  # the page's own end (embedded results may hold other "</body>")
+    probe.write_text(raw[:end] + PROBE + raw[end:])
+    dom = subprocess.run([browser, *flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True,
+                         timeout=300)
+    assert dom.returncode == 0, dom.stderr[-3000:]
+    assert 'id="smt-probe"' in dom.stdout, "the sections were not drawn (JavaScript did not run)"
+    shown = {}
+    for block in dom.stdout.split('id="smt-probe"')[1].split("=== ")[1:]:
+        section = block.split("\n")[0]
+        shown[section] = set(re.findall(r"^(\w+)\t", block, re.M)) | set(re.findall(r"^\n?(\w+)$", block, re.M))
+    for target in reports.TARGETS:  # each table and figure is listed in its paper table's section
+        category, subcategory = REPORT_GROUPS[target]
+        assert target in shown.get(f"{category} / {subcategory}", set()), (target, sorted(shown))
+    for section in ("Table 2: commonsense at equal budget / table", "Table 6: K, Q, V placement / table"):
+        assert "table, rendered" in dom.stdout.split(section)[1].split("=== ")[0]
+    shot = out / "report.png"
+    res = subprocess.run([browser, *flags, "--window-size=1400,1000", f"--screenshot={shot}", report.as_uri()],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and shot.stat().st_size > 10_000, res.stderr[-3000:]
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(shot)
+    assert pixels.std() > 0.02  # not a blank page
+    page = (out / "results" / "tables" / "table2.html").read_text()  # the rendered table the report embeds
+    assert "<table" in page and "deviations:" in page and "forgetting" in page and "config: test" in page
+
+
 def test_nothing_left_to_do_and_a_lost_output_is_redone_alone(tiny_run):
     out, cfg_file, cfg = tiny_run
     res = snakemake("-n", f"--configfile={cfg_file}", "all")
@@ -84,3 +193,4 @@ def test_nothing_left_to_do_and_a_lost_output_is_redone_alone(tiny_run):
     counts = job_counts(res.stdout)
     assert counts.get("evaluate") == 1 and counts.get("table6") == 1, counts
     assert not {"train", "prepare_model", "prepare_data", "table2"} & set(counts), counts
+

@@ -13,6 +13,7 @@ import pathlib
 import numpy as np
 
 from harness import config as hc
+from harness import forgetting
 from harness.records import read_json, read_record
 
 
@@ -80,6 +81,8 @@ def load_run(record_path) -> Run:
         raise ValueError(f"{path} is not a run record (no run_info.run_id); train the run again")
     evals, correct, labels, problems = {}, {}, {}, {}
     for result in sorted((path.parent / "eval").glob("*.json")):
+        if result.name == forgetting.FILE:  # not a suite's evaluation (harness.forgetting)
+            continue
         ev = read_json(result, "the evaluate job's output")
         suite = ev.get("suite") or result.stem
         evals[suite] = ev

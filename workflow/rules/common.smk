@@ -83,7 +83,9 @@ def target_inputs(target):
     JSON when there is one: committing it reruns table1, which renders table1_gpu beside it)."""
     if target == "table1":
         return [profile_file()] + ([gpu_check_file()] if os.path.exists(gpu_check_file()) else [])
-    return [eval_file(r) for r in reports.expand_runs(CFG, target)]
+    # + the base model's forgetting value(s) (workflow/rules/forgetting.smk) for the targets that show it;
+    # not with from_records (no rule makes them then, and the committed runs have no forgetting value)
+    return [eval_file(r) for r in reports.expand_runs(CFG, target)] + ([] if FROM_RECORDS else forgetting_inputs(target))
 
 
 def report_inputs(target):
@@ -127,7 +129,7 @@ def report_outputs(targets):
     """Every file the given targets write."""
     out = []
     for t in targets:
-        exts = ("csv", "md", "tex") if reports.target(t).kind == "table" else ("png", "pdf")
+        exts = ("csv", "md", "tex", "html") if reports.target(t).kind == "table" else ("png", "pdf")  # html: for --report
         out += [f"{report_prefix(t)}.{e}" for e in exts]
     return out
 
@@ -142,3 +144,39 @@ def _eval_params(suite):
     except (OSError, ValueError) as err:  # no data here (e.g. a dry run elsewhere): the job will say
         sums = {"unavailable": str(err).splitlines()[0]}
     return {"eval_cfg": cfg, "test_sha256": sums}
+
+
+# Forgetting (workflow/rules/forgetting.smk, harness.forgetting): the base-model files the targets
+# that show forgetting join their runs with.
+from harness import forgetting as _forgetting
+
+FORGETTING_TARGETS = ("table2", "figure_pareto")  # the targets that show it
+
+
+def forgetting_base_file(model, text):
+    return str(_forgetting.base_path(RESULTS, model, text))
+
+
+def forgetting_inputs(target):
+    """The base-model files a table/figure joins its runs' forgetting with (none for other targets)."""
+    if target not in FORGETTING_TARGETS:
+        return []
+    pairs = {(hc.parse_run_id(r)["model"], _forgetting.text_for_suite(hc.suite_of(CFG, r)))
+             for r in reports.expand_runs(CFG, target)}
+    return [forgetting_base_file(m, t) for m, t in sorted(pairs)]
+
+
+# `snakemake --report` (workflow/rules/report.smk, harness.report_html): each output marked with
+# its paper table's section and caption.
+from harness import report_html as _report_html
+
+_FORMATS = {"html": "table, rendered", "csv": "table, CSV", "md": "table, Markdown", "tex": "table, LaTeX",
+            "png": "figure, PNG", "pdf": "figure, PDF"}
+
+
+def flagged_outputs(target):
+    """Every output of a target, marked for `snakemake --report` in its paper table's section."""
+    category, subcategory = _report_html.REPORT_GROUPS[target]
+    return [report(path, caption=f"../report/{target}.rst", category=category, subcategory=subcategory,
+                   labels={"target": target, "format": _FORMATS[path.rsplit(".", 1)[1]]})
+            for path in report_outputs([target])]

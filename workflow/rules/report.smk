@@ -3,6 +3,15 @@
 # a run shared by several targets is one job. Each target is one module under
 # harness/reports/targets/ (which runs it needs, and how it is built).
 
+from harness import report_html as _report_html
+
+_ungrouped = [t for t in TARGETS if t not in _report_html.REPORT_GROUPS]
+_uncaptioned = [t for t in TARGETS if not os.path.isfile(os.path.join(workflow.basedir, f"workflow/report/{t}.rst"))]
+if _ungrouped or _uncaptioned:
+    raise ValueError(f"targets without a report section (harness.report_html.REPORT_GROUPS): {_ungrouped}; "
+                     f"without a caption workflow/report/<target>.rst: {_uncaptioned}; add them")
+
+
 for _target in TARGETS:
 
     rule:
@@ -11,7 +20,7 @@ for _target in TARGETS:
         input:
             report_inputs(_target) if not FROM_RECORDS else report_input_function(_target),
         output:
-            report_outputs([_target]),
+            flagged_outputs(_target),
         log:
             f"{LOGS}/report/{_target}.log",
         params:
@@ -21,6 +30,7 @@ for _target in TARGETS:
             # where data lives, and whether the records were just trained or are read from disk
             # (from_records), decide nothing here: a table is a function of its records
             config={k: v for k, v in CFG.items() if k not in ("data_root", "from_records")},
+            facts=_report_html.caption_facts(CFG, _target),  # for the report's caption (workflow/report/)
         threads: 1
         resources:
             mem_mb=mem("report"),

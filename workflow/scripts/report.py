@@ -7,3 +7,7 @@ from harness import reports
 
 params = snakemake.params
 reports.make(params.target, dict(params.config), list(params.records), params.out_prefix)
+if reports.target(params.target).kind == "table":  # the table rendered for `snakemake --report` (harness.report_html)
+    from harness.report_html import table_page
+
+    table_page(params.out_prefix + ".csv", params.out_prefix + ".html")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from harness import config as hc
+from harness import forgetting
 from harness.reports.cells import PRIOR_ROW, Ctx, est_row, interval_caption, prior_level, step_seconds
 from harness.reports.runs import method_label
 from harness.reports.targets import table2
@@ -12,7 +13,7 @@ from harness.reports.write import plt as _plt
 
 KIND = "figure"
 EXPERIMENT = "table2"
-TITLE = "Accuracy against trainable parameters, step time and training memory (one point per run)"
+TITLE = "Accuracy against trainable parameters, step time, training memory and forgetting (one point per run)"
 
 
 def runs(config, exp) -> list[str]:
@@ -32,17 +33,18 @@ def frame(ctx: Ctx) -> pd.DataFrame:
         rows.append({"run_id": r.run_id, "method": r.method, "label": method_label(ctx.config, r.method),
                      "reached": r.reached, **est_row(g), "trainable_params": ti.get("trainable_params"),
                      "step_seconds": step_seconds(r), "peak_memory_mb":
-                     None if ti.get("peak_memory_bytes") is None else ti["peak_memory_bytes"] / 2**20})
+                     None if ti.get("peak_memory_bytes") is None else ti["peak_memory_bytes"] / 2**20,
+                     **forgetting.pareto_columns(r)})
     return pd.DataFrame(rows, columns=["run_id", "method", "label", "reached", "acc", "lo", "hi", "spread", "seeds",
-                                       "n", "trainable_params", "step_seconds", "peak_memory_mb"])
+                                       "n", "trainable_params", "step_seconds", "peak_memory_mb", "forgetting"])
 
 
 def draw(ctx: Ctx):
     plt = _plt()
     data = frame(ctx)
     axes_spec = [("trainable_params", "trainable parameters", True), ("step_seconds", "seconds per training step", False),
-                 ("peak_memory_mb", "training peak memory (MB)", False)]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
+                 ("peak_memory_mb", "training peak memory (MB)", False), forgetting.PARETO_AXIS]
+    fig, axes = plt.subplots(1, len(axes_spec), figsize=(5 * len(axes_spec), 4.2), sharey=True)
     for ax, (col, name, log) in zip(axes, axes_spec):
         for method in dict.fromkeys(data.method):
             sub = data[(data.method == method) & data[col].notna()]
@@ -72,4 +74,4 @@ def draw(ctx: Ctx):
     axes[0].legend(title="method", fontsize=8)
     return fig, data, (interval_caption(data).replace("mean accuracy over seeds", "one run")
                        + f"; dashed: the {PRIOR_ROW} (always the most frequent label of each task)"
-                       + ("; dotted: the zero-shot base model" if zero_levels else ""))
+                       + ("; dotted: the zero-shot base model" if zero_levels else "") + forgetting.pareto_caption(data))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pandas as pd
 
 from harness import config as hc
+from harness import forgetting
 from harness.reports.cells import (PRIOR_ROW, Ctx, best_group, closest_budget, finish, fmt_diff, mark_best,
                                    method_row, paired, prior_group, prior_row)
 from harness.reports.runs import method_label
@@ -127,6 +128,7 @@ def build(ctx: Ctx) -> pd.DataFrame:
                 row["vs zero-shot"] = fmt_diff(paired(row.get("_group"), zero_group, ctx.notes))
             block.append(method_row(ctx, {"Model": model, "Method": method_label(ctx.config, hc.ZERO_SHOT)},
                                     zero_group, tasks, prior))
+        forgetting.add_table_column(block, ctx.notes)  # after - before fine-tuning, on held-out text
         block.append(prior_row(ctx, {"Model": model, "Method": PRIOR_ROW}, prior, tasks))
         rows += block
     return finish(rows)

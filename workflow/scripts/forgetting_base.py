@@ -1,0 +1,16 @@
+"""Snakemake script: the base model's loss on one held-out text (harness.forgetting.write_base).
+
+The data root is resolved here, at run time (harness.config.data_root), as in evaluate.py.
+"""
+import os
+
+from _job import start
+
+start(snakemake.threads, snakemake.log[0])
+
+from harness import config as hc
+from harness.forgetting import write_base
+
+config = hc.load_config(dict(snakemake.config))
+write_base(os.path.dirname(snakemake.input.model), dict(snakemake.params.model_cfg), snakemake.wildcards.text,
+           hc.data_root(config), snakemake.output[0])
