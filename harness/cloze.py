@@ -523,10 +523,8 @@ class ClozeScorer:
                             position_ids=pos.to(dev), use_cache=False).last_hidden_state
             keys = list(heads)
             rows_h = hid[torch.tensor([k[0] for k in keys]), torch.tensor([k[1] for k in keys])]
-            logits = self.head(rows_h).float()
-            norm = torch.logsumexp(logits, -1)  # log-softmax of the target only: no second V-wide tensor
-            slots = torch.tensor([w[2] for w in want])
-            vals = (logits[slots, torch.tensor([w[3] for w in want])] - norm[slots]).tolist()
+            logp = torch.log_softmax(self.head(rows_h).float(), -1)
+            vals = logp[torch.tensor([w[2] for w in want]), torch.tensor([w[3] for w in want])].tolist()
         out_rows = []
         lls = [[0.0] * len(it[1]) for it in items]
         for (e, i, _, _), v in zip(want, vals):
