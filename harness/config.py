@@ -24,6 +24,9 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 FULL_FT = "full_ft"
 FULL_FT_BUDGET = "100"
+CLOZE_DEVIATION = ("protocol: cloze (training targets are the gold option's text after a 'Question: ...\\nAnswer:' "
+                   "prompt; evaluation scores each option's log-likelihood, lm-eval multiple_choice) instead of "
+                   "LLM-Adapters' generative 'the correct answer is <label>' (the paper's)")
 # the zero-shot reference (experiments.table2.zero_shot): the base model, nothing trained; not a
 # config entry (it has no lr, placement or settings), one run per model at budget 0, placement none
 ZERO_SHOT, ZERO_SHOT_PLACEMENT = "zero_shot", "none"
@@ -383,9 +386,14 @@ def model_spec(config: dict, model: str) -> dict:
 
 
 def dataset_spec(config: dict, dataset: str) -> dict:
-    """The builder spec handed to harness.data.prepare_train_set."""
+    """The builder spec handed to harness.data.prepare_train_set; under `protocol: cloze` it says
+    so (the records become cloze targets), under the paper's generative protocol it is the
+    config's entry as written."""
     _need(config, "datasets", dataset, "dataset")
-    return {k: v for k, v in config["datasets"][dataset].items() if k != "suite"}
+    spec = {k: v for k, v in config["datasets"][dataset].items() if k != "suite"}
+    if config.get("protocol", "generative") != "generative" and config["datasets"][dataset]["suite"] == "commonsense":
+        spec["protocol"] = config["protocol"]
+    return spec
 
 
 def suite_of(config: dict, run_id: str) -> str:
@@ -444,6 +452,8 @@ def resolve_run(config: dict, run_id: str):
         placement = Placement(name=parts["placement"], target_modules=target_modules(place),
                               quotas=copy.deepcopy(place.get("quotas")))
         deviations = list(config["deviations"]) + list(method_entry(config, parts["method"]).get("deviations", []))
+    if "protocol" in dataset_spec(config, parts["dataset"]):
+        deviations.append(CLOZE_DEVIATION)
     # threads are an execution resource, not part of the experiment: the job script takes them
     # (snakemake.threads) and the record's meta_info says what was used; keeping them out of the
     # run config means a change of threads does not rerun finished runs.
@@ -493,4 +503,7 @@ def eval_cfg(config: dict, suite: str) -> dict:
     """The eval_cfg of one suite (docs/ARCHITECTURE.md). Not the data root: where the data lives
     decides nothing; the job resolves it (harness.data.resolve_data_root, the one resolver)."""
     _need(config, "eval", suite, "suite")
-    return {"suite": suite, **copy.deepcopy(config["eval"][suite])}
+    cfg = {"suite": suite, **copy.deepcopy(config["eval"][suite])}
+    if config.get("protocol", "generative") != "generative" and suite == "commonsense":
+        cfg["protocol"] = config["protocol"]  # harness.evaluate scores options by log-likelihood (cloze)
+    return cfg

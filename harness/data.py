@@ -460,6 +460,8 @@ def prepare_train_set(spec: dict, data_root, out_path, eval_limit=None) -> dict:
     if not records:
         raise ValueError(f"training set {spec['name']!r} is empty after dropping records without an answer "
                          f"({dropped}); check its sources")
+    if spec.get("protocol") == "cloze":
+        records = cloze_records(records, labels, data_root)
     kept = {lab: labels.count(lab) for lab in dict.fromkeys(labels)}
     for src in sources:
         src["kept"] = kept.get(src["source"], 0)
@@ -478,6 +480,38 @@ def prepare_train_set(spec: dict, data_root, out_path, eval_limit=None) -> dict:
             "path": str(out_path), "sha256": sha256_file(out_path)}
     atomic_write_json(meta_path(out_path), meta)
     return meta
+
+
+def cloze_records(records: list[dict], labels: list[str], data_root) -> list[dict]:
+    """The records as cloze training targets (harness.cloze.training_target): each keeps its
+    LLM-Adapters keys (instruction, input, answer as they were) with `output` replaced by the gold
+    option's text as the scorer scores it, and a `cloze` entry {task, prompt, gold, options}; the
+    loss is then on the option text after the cloze prompt (harness.prompts.tokenize_example).
+    A record that does not parse is a DataError naming it: nothing is dropped silently."""
+    from harness import cloze
+
+    hellaswag = None
+    if any(cloze.task_of_instruction(r) == "hellaswag" for r in records):
+        hellaswag = cloze.hellaswag_native_by_instruction(data_root)  # lm-eval's exact HellaSwag query
+    out, failures = [], []
+    for i, (rec, label) in enumerate(zip(records, labels)):
+        task = cloze.task_of_instruction(rec)
+        if task is None:
+            failures.append(f"record {i} ({label}): no commonsense task template in its instruction")
+            continue
+        try:
+            t = cloze.training_target(task, rec, f"record {i} ({label})",
+                                      hellaswag if task == "hellaswag" else None)
+        except cloze.ClozeParseError as err:
+            failures.append(str(err))
+            continue
+        out.append({**rec, "output": t.target,
+                    "cloze": {"task": t.task, "prompt": t.prompt, "gold": t.gold, "options": list(t.options)}})
+    if failures:
+        raise DataError(f"protocol cloze: {len(failures)} of {len(records)} training records do not parse into "
+                        f"question and options (first: {failures[0]}); fix the record or the parser in "
+                        "harness/cloze.py, or use protocol: generative")
+    return out
 
 
 _CHECKSUM_CACHES: dict[str, dict] = {}

@@ -218,6 +218,8 @@ def evaluate_model(model, tokenizer, eval_cfg: dict, out_dir, data_root=None) ->
 
     tasks = check_eval_cfg(eval_cfg)
     data_root = resolve_data_root(eval_cfg.get("data_root") if data_root is None else str(data_root))
+    if eval_cfg.get("protocol", "generative") == "cloze":
+        return evaluate_cloze(model, tokenizer, eval_cfg, out_dir, data_root)
     eval_cfg = {k: v for k, v in eval_cfg.items() if k != "data_root"}
     limit = eval_cfg.get("limit")
     start = time.time()
@@ -248,6 +250,72 @@ def evaluate_model(model, tokenizer, eval_cfg: dict, out_dir, data_root=None) ->
         "deviations": [EVAL_BOUNDARY_NOTE] if trim else [],
         "lm_eval": {"version": lm_eval.__version__, "config": _jsonable(output.get("configs", {}))},
     }
+    for task, rows in predictions.items():  # predictions first, the suite file (the job's output) last
+        _atomic_write_lines(out_dir / f"{task}.predictions.jsonl", [json.dumps(row) + "\n" for row in rows])
+    atomic_write_json(out_dir / f"{suite}.json", result)
+    return result
+
+
+CLOZE_NOTE = ("evaluation: cloze scoring (lm-eval's multiple_choice): every option's text scored by its summed "
+              "log-likelihood after the question, the pick by acc_norm (log-likelihood per character of the "
+              "option, lm-eval's definition) counted as correct, acc and the choice NLL recorded beside it; "
+              "instead of LLM-Adapters' generated 'the correct answer is <label>' (the paper's protocol)")
+
+
+def cloze_task_summary(task: str, rows: list[dict]) -> dict:
+    """task_summary's numbers for cloze predictions (labels and predictions are option indices),
+    plus acc, acc_norm and the mean choice NLL (nats)."""
+    if not rows:
+        raise ValueError(f"{task}: no predictions")
+    n = len(rows)
+    prior = stats.label_prior([r["label"] for r in rows])
+    preds = Counter(r["prediction"] for r in rows)
+    top = min(preds, key=lambda k: (-preds[k], k))
+    correct = sum(bool(r["correct"]) for r in rows)
+    lo, hi = stats.wilson(correct, n)
+    return {"accuracy": correct / n, "n": n, "correct": correct, "extraction_failures": 0, "ci95": [lo, hi],
+            "label_prior": sum(r["label"] == prior["prior_label"] for r in rows) / n,
+            "prior_label": prior["prior_label"], "label_counts": prior["label_counts"],
+            "prediction_counts": dict(sorted(preds.items())), "top_prediction": top,
+            "top_prediction_share": preds[top] / n, "degenerate": preds[top] / n >= DEGENERATE_SHARE,
+            "acc": sum(r["acc"] for r in rows) / n, "acc_norm": sum(r["acc_norm"] for r in rows) / n,
+            "choice_nll": sum(r["choice_nll"] for r in rows) / n}
+
+
+def evaluate_cloze(model, tokenizer, eval_cfg: dict, out_dir, data_root) -> dict:
+    """The cloze protocol (harness.cloze): the first `limit` examples of each task as cloze docs,
+    every option scored by harness.cloze.ClozeScorer (exact against a per-option forward and
+    lm-eval's own loglikelihood, tests/test_cloze.py). Writes `<task>.predictions.jsonl` (the
+    scorer's record per example plus id, label and prediction (option indices), correct =
+    acc_norm) and `<suite>.json`, as evaluate_model does for the generative protocol."""
+    import torch
+
+    from harness import cloze
+
+    start = time.time()
+    model.eval()
+    scorer = cloze.ClozeScorer(model, tokenizer, batch_examples=int(eval_cfg.get("batch_size", 8)))
+    out_dir = pathlib.Path(out_dir)
+    per_task, predictions, deviations = {}, {}, [CLOZE_NOTE]
+    with torch.no_grad():
+        for task in check_eval_cfg(eval_cfg):
+            docs = cloze.load_cloze_docs(task, data_root, eval_cfg.get("limit"))
+            rows = [{"id": r["doc_id"], "label": str(r["gold"]), "prediction": str(r["pred_acc_norm"]),
+                     "extraction_failure": False, "correct": bool(r["acc_norm"]), **r} for r in scorer.score(docs)]
+            source = locate_test_set(task, data_root)
+            per_task[task] = {**cloze_task_summary(task, rows), "test_file": source["relpath"],
+                              "test_sha256": source["sha256"]}
+            predictions[task] = rows
+            if task in cloze.DEVIATIONS:
+                deviations.append(f"cloze prompt, {task}: {cloze.DEVIATIONS[task]}")
+    suite = eval_cfg.get("suite") or "eval"
+    result = {"suite": suite, "status": "ok", "protocol_name": "cloze", "tasks": per_task,
+              "average": sum(t["accuracy"] for t in per_task.values()) / len(per_task),
+              "average_acc": sum(t["acc"] for t in per_task.values()) / len(per_task),
+              "average_choice_nll": sum(t["choice_nll"] for t in per_task.values()) / len(per_task),
+              "eval_seconds": round(time.time() - start, 2), "eval_cfg": _jsonable(eval_cfg),
+              "protocol": {"name": "cloze", "metric": "acc_norm", "scorer": dict(scorer.stats)},
+              "prompt_trim": 0, "deviations": deviations}
     for task, rows in predictions.items():  # predictions first, the suite file (the job's output) last
         _atomic_write_lines(out_dir / f"{task}.predictions.jsonl", [json.dumps(row) + "\n" for row in rows])
     atomic_write_json(out_dir / f"{suite}.json", result)

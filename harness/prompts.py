@@ -115,6 +115,8 @@ def tokenize_example(tokenizer, record: dict, cutoff_len: int, train_on_inputs: 
         if key not in record:
             raise KeyError(f"training record lacks '{key}' (LLM-Adapters format needs instruction, "
                            f"input, output, answer): {str(record)[:200]}")
+    if record.get("cloze"):
+        return tokenize_cloze(tokenizer, record, cutoff_len)
     full = _tokenize(tokenizer, generate_prompt(record["instruction"], record.get("input"),
                                                 record["output"]), cutoff_len, add_eos_token)
     labels = list(full["input_ids"])
@@ -125,3 +127,17 @@ def tokenize_example(tokenizer, record: dict, cutoff_len: int, train_on_inputs: 
         labels = [-100] * n_user + labels[n_user:]
         labels = labels[:len(full["input_ids"])]
     return {**full, "labels": labels}
+
+
+def tokenize_cloze(tokenizer, record: dict, cutoff_len: int) -> dict:
+    """A cloze training record (harness.data.cloze_records): the cloze prompt then the gold option's
+    text, split as the scorer splits them (harness.cloze.encode_pair, lm-eval's); the loss is on the
+    option's tokens only and no EOS is added (the scorer never scores one). Cut at cutoff_len like a
+    generative record: an example whose option is cut off entirely keeps no answer token and is
+    dropped (counted) by the loop."""
+    from harness.cloze import encode_pair
+
+    ctx, cont = encode_pair(tokenizer, record["cloze"]["prompt"], record["output"])
+    ids = (ctx + cont)[:cutoff_len]
+    labels = ([-100] * len(ctx) + cont)[:cutoff_len]
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}

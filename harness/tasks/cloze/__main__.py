@@ -1,0 +1,4 @@
+from harness.tasks.cloze import write_yamls
+
+for path in write_yamls():
+    print(path)
