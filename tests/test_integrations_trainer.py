@@ -225,7 +225,7 @@ def test_callback_errors_are_clear(env, tmp_path):
     model, tok = load_model(env / "model", "float32", "cpu")
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4, use_cpu=True,
                              report_to="none", save_strategy="no", disable_tqdm=True)
-    from harness.train import load_data
+    from harness.train_data import load_data
     from conftest import tiny_run_cfg
     from harness.run_config import RunConfig
     data = load_data(RunConfig.from_json(tiny_run_cfg(env, "smt", 5e-2)), tok).train

@@ -1,6 +1,6 @@
 """Snakemake script: the base model's loss on one held-out text (harness.forgetting.write_base).
 
-The data root is resolved here, at run time (harness.config.data_root), as in evaluate.py.
+The data root is resolved here, at run time (harness.data.resolve_data_root), as in evaluate.py.
 """
 import os
 
@@ -9,8 +9,9 @@ from _job import start
 start(snakemake.threads, snakemake.log[0])
 
 from harness import config as hc
+from harness import data as hd
 from harness.forgetting import write_base
 
 config = hc.load_config(dict(snakemake.config))
 write_base(os.path.dirname(snakemake.input.model), dict(snakemake.params.model_cfg), snakemake.wildcards.text,
-           hc.data_root(config), snakemake.output[0])
+           hd.resolve_data_root(config["data_root"]), snakemake.output[0])
