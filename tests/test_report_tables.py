@@ -274,6 +274,14 @@ def test_corrupt_eval_names_the_file(tmp_path, cfg):
         report.make_table("table6", cfg, paths, tmp_path / "t6")
 
 
+def test_corrupt_predictions_name_the_file(tmp_path, cfg):
+    paths = write_runs(tmp_path, cfg, reports.expand_runs(cfg, "table6"))
+    bad = next((paths[1].parent / "eval").glob("*.predictions.jsonl"))
+    bad.write_text(bad.read_text() + '{"id": 999, "label"\n')  # a truncated last line
+    with pytest.raises(ValueError, match=f"{bad}.*evaluate the run again"):
+        report.make_table("table6", cfg, paths, tmp_path / "t6")
+
+
 def test_equal_methods_are_shown_as_a_tie_not_a_best(tmp_path, cfg):
     # every placement of Table 6 has the same true accuracy (70 %): no row may be called "best"
     df = report.make_table("table6", cfg, write_runs(tmp_path, cfg, reports.expand_runs(cfg, "table6")), tmp_path / "t6")

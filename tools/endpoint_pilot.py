@@ -13,7 +13,6 @@ width. Uses harness.stats (the tables' own bootstrap); prints a Markdown table.
 """
 from __future__ import annotations
 
-import json
 import pathlib
 import sys
 
@@ -21,17 +20,21 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from harness import stats  # noqa: E402
+from harness.records import read_json  # noqa: E402
+from harness.reports.runs import read_predictions  # noqa: E402
 
 METRICS = ("acc", "acc_norm", "choice_nll")
 
 
 def load(run_dir: pathlib.Path) -> dict:
     """{metric: {task: per-example array}} of one run's cloze evaluation."""
-    ev = json.loads((run_dir / "eval" / "commonsense.json").read_text())
+    ev = read_json(run_dir / "eval" / "commonsense.json", "the evaluate job's output")
+    if ev.get("protocol_name") != "cloze":
+        raise SystemExit(f"{run_dir}: not a cloze evaluation (protocol {ev.get('protocol_name', 'generative')!r}); "
+                         "the pilot compares the cloze metrics acc, acc_norm and choice_nll")
     out = {m: {} for m in METRICS}
     for task in ev["tasks"]:
-        rows = sorted((json.loads(x) for x in (run_dir / "eval" / f"{task}.predictions.jsonl").read_text().splitlines()
-                       if x.strip()), key=lambda r: r["id"])
+        rows = read_predictions(run_dir / "eval" / f"{task}.predictions.jsonl")
         for m in METRICS:
             out[m][task] = np.array([float(r[m]) for r in rows])
     return out
@@ -43,8 +46,14 @@ def main(root: str) -> None:
     for rec in sorted(root.glob("*/*/*/*/record.json")):
         method = rec.relative_to(root).parts[0]
         groups.setdefault(method, []).append(load(rec.parent))
+    if "zero_shot" not in groups:
+        raise SystemExit(f"{root}: no zero_shot run (the reference every effect is measured from); "
+                         "add experiments.table2.zero_shot: true and run the pilot's table2")
     zero = groups.pop("zero_shot")[0]
     methods = sorted(groups)
+    few = [f"{n} ({len(groups[n])})" for n in methods if len(groups[n]) < 2]
+    if not methods or few:
+        raise SystemExit(f"{root}: a seed spread needs >= 2 seeds per trained method; got {', '.join(few) or 'none'}")
     print("| metric | method | seeds | mean | SD over seeds | vs zero-shot [95 %] | effect / SD | effect / half-width |")
     print("|---|---|---|---|---|---|---|---|")
     for m in METRICS:

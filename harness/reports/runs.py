@@ -73,6 +73,17 @@ class Run:
         return "ok", None
 
 
+def read_predictions(path) -> list[dict]:
+    """The rows of one `<task>.predictions.jsonl`, in example-id order; a corrupt file is an error
+    naming it (the one reader of prediction files)."""
+    path = pathlib.Path(path)
+    try:
+        return sorted((json.loads(line) for line in path.read_text().splitlines() if line.strip()),
+                      key=lambda r: r["id"])
+    except (json.JSONDecodeError, KeyError) as err:
+        raise ValueError(f"{path} is corrupt ({err}); evaluate the run again") from err
+
+
 def load_run(record_path) -> Run:
     """Read a run's record.json and its eval/*.json and per-task predictions (never writes)."""
     path = pathlib.Path(record_path)
@@ -94,11 +105,7 @@ def load_run(record_path) -> Run:
             if not pred.is_file():
                 problems[suite] = f"no per-example predictions {pred}; evaluate the run again"
                 break
-            try:
-                rows = sorted((json.loads(line) for line in pred.read_text().splitlines() if line.strip()),
-                              key=lambda r: r["id"])
-            except (json.JSONDecodeError, KeyError) as err:
-                raise ValueError(f"{pred} is corrupt ({err}); evaluate the run again") from err
+            rows = read_predictions(pred)
             correct[suite][task] = np.array([bool(r["correct"]) for r in rows], dtype=float)
             labels[suite][task] = [str(r["label"]) for r in rows]
             if len(rows) != ev["tasks"][task].get("n", len(rows)):
