@@ -37,6 +37,7 @@ if not FROM_RECORDS:
     include: "workflow/rules/prepare.smk"
     include: "workflow/rules/train.smk"
     include: "workflow/rules/evaluate.smk"
+    include: "workflow/rules/lr_sweep.smk"
     include: "workflow/rules/forgetting.smk"
     include: "workflow/rules/profile.smk"
 

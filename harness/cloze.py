@@ -276,18 +276,25 @@ def doc_from_record(task: str, doc_id: int, record: dict, where: str = "") -> Cl
     return doc_from_parse(task, doc_id, *parse_record(task, record, where or f"{task} record {doc_id}"))
 
 
-def load_cloze_docs(task: str, data_root, limit: int | None = None) -> list[ClozeDoc]:
-    """The cloze docs of the records the project evaluates: the first `limit` of the task's test
-    file (`harness.data.load_test_set`, same file and order). HellaSwag from the HF-format
-    validation file uses its native fields (lm-eval exact); every other file is parsed."""
+def load_cloze_docs(task: str, data_root, limit: int | None = None, start: int = 0) -> list[ClozeDoc]:
+    """The cloze docs of the records the project evaluates: `limit` records of the task's test
+    file (`harness.data.load_test_set`, same file and order) from index `start` on (0: the
+    evaluated head; the validation split of experiments.lr_sweep starts beyond it and beyond any
+    records carved for training, harness.config.eval_cfg). Doc ids are indices into the file.
+    HellaSwag from the HF-format validation file uses its native fields (lm-eval exact); every
+    other file is parsed."""
     from harness.data import locate_test_set, read_records
 
     entry = locate_test_set(task, data_root)
     raw = read_records(entry["path"])
-    raw = raw if limit is None else raw[:int(limit)]
+    start = int(start)
+    stop = len(raw) if limit is None else start + int(limit)
+    if stop > len(raw) or start < 0:
+        raise ValueError(f"{entry['path']} ({task}) has {len(raw)} records; records {start}..{stop - 1} were asked "
+                         "for: lower the limit (eval.<suite>.limit or experiments.lr_sweep.validation.limit)")
     if entry["relpath"] == "hellaswag/validation.jsonl":
-        return [doc_from_hellaswag_native(i, d) for i, d in enumerate(raw)]
-    return [doc_from_record(task, i, r, f"{entry['path']} record {i} ({task})") for i, r in enumerate(raw)]
+        return [doc_from_hellaswag_native(i, raw[i]) for i in range(start, stop)]
+    return [doc_from_record(task, i, raw[i], f"{entry['path']} record {i} ({task})") for i in range(start, stop)]
 
 
 def hellaswag_native_by_instruction(data_root) -> dict[str, dict]:

@@ -13,6 +13,7 @@ is one module under harness/reports/targets/ (its run selection, its schema and 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import pathlib
 
@@ -36,7 +37,9 @@ RUN_ID_TEMPLATE = "{model}/{dataset}/{method}/b{budget}/{placement}/s{seed}"
 RUN_ID_PATTERNS = {
     "model": r"[A-Za-z0-9._-]+",
     "dataset": r"[A-Za-z0-9_-]+",
-    "method": r"[a-z0-9_]+",
+    # a method, optionally with a tuned learning rate: `lora@lr0.0003` (experiments.lr_sweep;
+    # LR_SUFFIX): the rate is then part of the run's name, so every rate of a sweep is its own run
+    "method": r"[a-z0-9_]+(@lr[0-9][0-9.e+-]*)?",
     "budget": r"[0-9]+(\.[0-9]+)?",
     "placement": r"[A-Za-z0-9_]+",
     "seed": r"[0-9]+",
@@ -222,6 +225,10 @@ def _check_references(config: dict) -> None:
         if stray:
             raise ConfigError(f"{where}.seeds: {stray} not in seeds {config['seeds']}; an experiment runs a "
                               "subset of the config's seeds (add them to `seeds:` or drop them here)")
+    if config.get("primary_metric") and config.get("protocol") != "cloze":
+        raise ConfigError(f"primary_metric: {config['primary_metric']} is a cloze metric, but protocol is "
+                          f"{config.get('protocol')}; drop primary_metric (generative: the answer's accuracy) "
+                          "or set protocol: cloze")
     if config["experiments"]:
         _need(config, "methods", config["proposed"], "proposed")
     from harness import reports
@@ -323,10 +330,20 @@ def budget_label(percent) -> str:
     return f"{float(percent):.2f}"
 
 
-def make_run_id(model, dataset, method, budget, placement, seed) -> str:
-    """Build a run id; budget is a percent (ignored for full FT, which is 'b100')."""
+LR_SUFFIX = "@lr"
+
+
+def lr_label(lr) -> str:
+    """3e-4 -> '0.0003', 1e-5 -> '1e-05': a learning rate as it appears in run ids (Python's g format)."""
+    return f"{float(lr):g}"
+
+
+def make_run_id(model, dataset, method, budget, placement, seed, lr=None) -> str:
+    """Build a run id; budget is a percent (ignored for full FT, which is 'b100'); lr: a tuned
+    learning rate, written into the method field (`lora@lr0.001`), else the method entry's."""
     label = FULL_FT_BUDGET if method == FULL_FT else budget_label(budget)
-    return RUN_ID_TEMPLATE.format(model=model, dataset=dataset, method=method, budget=label, placement=placement,
+    name = method if lr is None else f"{method}{LR_SUFFIX}{lr_label(lr)}"
+    return RUN_ID_TEMPLATE.format(model=model, dataset=dataset, method=name, budget=label, placement=placement,
                                   seed=seed)
 
 
@@ -346,16 +363,40 @@ def parse_run_id(run_id: str) -> dict:
         raise ConfigError(f"bad run id {run_id!r}; expected {RUN_ID_TEMPLATE} "
                           f"({', '.join(f'{k}: {v}' for k, v in RUN_ID_PATTERNS.items())})")
     parts = m.groupdict()
-    return {"model": parts["model"], "dataset": parts["dataset"], "method": parts["method"],
-            "budget": None if parts["method"] == FULL_FT else float(parts["budget"]),
+    method, _, lr = parts["method"].partition(LR_SUFFIX)
+    try:
+        lr = float(lr) if lr else None
+    except ValueError:
+        raise ConfigError(f"bad run id {run_id!r}: {lr!r} after {LR_SUFFIX} is not a learning rate") from None
+    if lr is not None and (lr <= 0 or lr_label(lr) != parts["method"].partition(LR_SUFFIX)[2]):
+        raise ConfigError(f"bad run id {run_id!r}: write the learning rate as {lr_label(lr)!r} (Python's g format), "
+                          "one spelling per rate")
+    return {"model": parts["model"], "dataset": parts["dataset"], "method": method, "lr": lr,
+            "budget": None if method == FULL_FT else float(parts["budget"]),
             "placement": parts["placement"], "seed": int(parts["seed"])}
 
 
 def run_ids(config, model, dataset, method, budget, placement=None, seeds=None) -> list[str]:
     """Run ids of one configuration, one per seed (an experiment's `seeds`, else the config's);
-    placement: the method entry's default placement unless given."""
+    placement: the method entry's default placement unless given. Where the config carries the
+    learning-rate choice of experiments.lr_sweep (`lr_chosen`, put there by the workflow from
+    the sweep's choice.json, harness.lr_sweep), the run ids name the chosen rate."""
     placement = placement or method_entry(config, method)["placement"]
-    return [make_run_id(model, dataset, method, budget, placement, s) for s in seeds or config["seeds"]]
+    lr = chosen_lr(config, dataset, method)
+    return [make_run_id(model, dataset, method, budget, placement, s, lr=lr) for s in seeds or config["seeds"]]
+
+
+def tuned_method(config: dict, method: str) -> str:
+    """The method whose swept rate a method entry uses: a variant (`base: smt`) uses its base's."""
+    return config["methods"].get(method, {}).get("base", method)
+
+
+def chosen_lr(config: dict, dataset: str, method: str):
+    """The learning rate experiments.lr_sweep chose for a method on a dataset (None: not swept,
+    the method entry's rate applies). The choice comes from the sweep's validation results,
+    never from the config (config["lr_chosen"], written by the workflow: workflow/rules/lr_sweep.smk)."""
+    chosen = (config.get("lr_chosen") or {}).get(dataset) or {}
+    return chosen.get(tuned_method(config, method))
 
 
 def repo_path(path) -> pathlib.Path:
@@ -449,6 +490,8 @@ def resolve_run(config: dict, run_id: str):
     else:
         place = config["placements"][parts["placement"]]
         method = _method_ref(config, parts["method"], parts["model"], parts["dataset"], parts["budget"])
+        if parts["lr"] is not None:  # the rate the run id names (a sweep's rate, or the chosen one)
+            method = dataclasses.replace(method, lr=parts["lr"])
         placement = Placement(name=parts["placement"], target_modules=target_modules(place),
                               quotas=copy.deepcopy(place.get("quotas")))
         deviations = list(config["deviations"]) + list(method_entry(config, parts["method"]).get("deviations", []))
@@ -483,9 +526,9 @@ def zero_shot_run_id(config: dict, model: str, dataset: str) -> str:
 
 def _zero_shot_cfg(config: dict, parts: dict) -> tuple:
     """(method, placement, deviations) of a zero-shot run: no entry under `methods:`/`placements:`."""
-    if parts["budget"] != 0 or parts["placement"] != ZERO_SHOT_PLACEMENT:
-        raise ConfigError(f"a {ZERO_SHOT} run has budget 0 and placement {ZERO_SHOT_PLACEMENT!r}; got "
-                          f"b{parts['budget']}/{parts['placement']}")
+    if parts["budget"] != 0 or parts["placement"] != ZERO_SHOT_PLACEMENT or parts["lr"] is not None:
+        raise ConfigError(f"a {ZERO_SHOT} run has budget 0, placement {ZERO_SHOT_PLACEMENT!r} and no learning rate; "
+                          f"got lr {parts['lr']}, b{parts['budget']}/{parts['placement']}")
     from harness.run_config import MethodRef, Placement
 
     return (MethodRef.from_json({"name": ZERO_SHOT, "variant": ZERO_SHOT, "lr": 0.0}),
@@ -499,11 +542,59 @@ def profile_run_id(config: dict, model: str, method: str) -> str:
                        method_entry(config, method)["placement"], config["seeds"][0])
 
 
+VAL_SUFFIX = "_val"  # <suite>_val: the validation split experiments.lr_sweep chooses rates on
+
+
+def val_suite(suite: str) -> str:
+    """The name of a suite's validation split (its eval file: eval/<suite>_val.json)."""
+    return suite + VAL_SUFFIX
+
+
+def primary_metric(config: dict) -> str:
+    """The study's declared primary endpoint: `primary_metric` under cloze (acc_norm or acc), the
+    generated answer's accuracy under the paper's generative protocol."""
+    return config.get("primary_metric") or "acc_norm" if config.get("protocol") == "cloze" else "accuracy"
+
+
+def validation_starts(config: dict, dataset: str, tasks) -> dict:
+    """Where each task's validation split starts in its test file: beyond the evaluated head
+    (eval.<suite>.limit) and beyond the records the dataset carves out of that file for training
+    (datasets.<name>.carve: offset + max_per_task), so it never overlaps either."""
+    spec = config["datasets"][dataset]
+    head = config["eval"][spec["suite"]].get("limit")
+    if head is None:
+        raise ConfigError(f"experiments.lr_sweep: eval.{spec['suite']}.limit is null (every test example is "
+                          "evaluated), so no test example is left for a validation split; set a limit")
+    carve = spec.get("carve") or {}
+    starts = {}
+    for task in tasks:
+        start = int(head)
+        if task in carve.get("tasks", []):
+            if carve.get("max_per_task") is None:
+                raise ConfigError(f"datasets.{dataset}.carve.max_per_task is null: {task}'s training records run "
+                                  "to the end of its test file and leave no validation split; set max_per_task")
+            start = max(start, int(carve.get("offset", 0)) + int(carve["max_per_task"]))
+        starts[task] = start
+    return starts
+
+
 def eval_cfg(config: dict, suite: str) -> dict:
-    """The eval_cfg of one suite (docs/ARCHITECTURE.md). Not the data root: where the data lives
-    decides nothing; the job resolves it (harness.data.resolve_data_root, the one resolver)."""
+    """The eval_cfg of one suite (docs/ARCHITECTURE.md), or of its validation split `<suite>_val`
+    (experiments.lr_sweep.validation: `limit` records per task from validation_starts on). Not
+    the data root: where the data lives decides nothing; the job resolves it
+    (harness.data.resolve_data_root, the one resolver)."""
+    if suite.endswith(VAL_SUFFIX) and suite[:-len(VAL_SUFFIX)] in config["eval"]:
+        base, sweep = suite[:-len(VAL_SUFFIX)], config["experiments"].get("lr_sweep")
+        if sweep is None or config["datasets"][sweep["dataset"]]["suite"] != base:
+            raise ConfigError(f"suite {suite!r} is the validation split of experiments.lr_sweep, which this config "
+                              f"does not define for suite {base!r}")
+        cfg = eval_cfg(config, base)
+        cfg.update(suite=suite, split="validation", limit=int(sweep["validation"]["limit"]),
+                   start=validation_starts(config, sweep["dataset"], cfg["tasks"]))
+        return cfg
     _need(config, "eval", suite, "suite")
     cfg = {"suite": suite, **copy.deepcopy(config["eval"][suite])}
     if config.get("protocol", "generative") != "generative" and suite == "commonsense":
         cfg["protocol"] = config["protocol"]  # harness.evaluate scores options by log-likelihood (cloze)
+        cfg["metric"] = primary_metric(config)  # the pick counted as correct (acc_norm or acc)
     return cfg

@@ -203,7 +203,7 @@ def check_eval_cfg(eval_cfg: dict) -> list[str]:
     return tasks
 
 
-def evaluate_model(model, tokenizer, eval_cfg: dict, out_dir, data_root=None) -> dict:
+def evaluate_model(model, tokenizer, eval_cfg: dict, out_dir, data_root=None, annotations: dict | None = None) -> dict:
     """Evaluate an in-memory model on eval_cfg["tasks"] through lm-eval; write predictions.
 
     eval_cfg: suite, tasks, limit (first n records of each test set), batch_size,
@@ -219,8 +219,11 @@ def evaluate_model(model, tokenizer, eval_cfg: dict, out_dir, data_root=None) ->
     tasks = check_eval_cfg(eval_cfg)
     data_root = resolve_data_root(eval_cfg.get("data_root") if data_root is None else str(data_root))
     if eval_cfg.get("protocol", "generative") == "cloze":
-        return evaluate_cloze(model, tokenizer, eval_cfg, out_dir, data_root)
+        return evaluate_cloze(model, tokenizer, eval_cfg, out_dir, data_root, annotations)
     eval_cfg = {k: v for k, v in eval_cfg.items() if k != "data_root"}
+    if eval_cfg.get("start"):
+        raise ValueError(f"eval_cfg of suite {eval_cfg.get('suite')!r}: a validation split (start) is scored "
+                         "under protocol cloze only; set protocol: cloze for experiments.lr_sweep")
     limit = eval_cfg.get("limit")
     start = time.time()
     model.eval()
@@ -249,6 +252,7 @@ def evaluate_model(model, tokenizer, eval_cfg: dict, out_dir, data_root=None) ->
         "eval_cfg": _jsonable(eval_cfg), "protocol": PROTOCOL_NOTES, "prompt_trim": trim,
         "deviations": [EVAL_BOUNDARY_NOTE] if trim else [],
         "lm_eval": {"version": lm_eval.__version__, "config": _jsonable(output.get("configs", {}))},
+        **(annotations or {}),
     }
     for task, rows in predictions.items():  # predictions first, the suite file (the job's output) last
         _atomic_write_lines(out_dir / f"{task}.predictions.jsonl", [json.dumps(row) + "\n" for row in rows])
@@ -257,9 +261,10 @@ def evaluate_model(model, tokenizer, eval_cfg: dict, out_dir, data_root=None) ->
 
 
 CLOZE_NOTE = ("evaluation: cloze scoring (lm-eval's multiple_choice): every option's text scored by its summed "
-              "log-likelihood after the question, the pick by acc_norm (log-likelihood per character of the "
-              "option, lm-eval's definition) counted as correct, acc and the choice NLL recorded beside it; "
-              "instead of LLM-Adapters' generated 'the correct answer is <label>' (the paper's protocol)")
+              "log-likelihood after the question, the pick by the declared primary metric (primary_metric: "
+              "acc_norm, log-likelihood per character of the option, lm-eval's definition; or acc) counted as "
+              "correct, acc, acc_norm and the choice NLL recorded beside it; instead of LLM-Adapters' generated "
+              "'the correct answer is <label>' (the paper's protocol)")
 
 
 def cloze_task_summary(task: str, rows: list[dict]) -> dict:
@@ -282,7 +287,7 @@ def cloze_task_summary(task: str, rows: list[dict]) -> dict:
             "choice_nll": sum(r["choice_nll"] for r in rows) / n}
 
 
-def evaluate_cloze(model, tokenizer, eval_cfg: dict, out_dir, data_root) -> dict:
+def evaluate_cloze(model, tokenizer, eval_cfg: dict, out_dir, data_root, annotations: dict | None = None) -> dict:
     """The cloze protocol (harness.cloze): the first `limit` examples of each task as cloze docs,
     every option scored by harness.cloze.ClozeScorer (exact against a per-option forward and
     lm-eval's own loglikelihood, tests/test_cloze.py). Writes `<task>.predictions.jsonl` (the
@@ -292,6 +297,9 @@ def evaluate_cloze(model, tokenizer, eval_cfg: dict, out_dir, data_root) -> dict
 
     from harness import cloze
 
+    metric = eval_cfg.get("metric", "acc_norm")  # the declared primary endpoint (config primary_metric)
+    if metric not in ("acc_norm", "acc"):
+        raise ValueError(f"eval_cfg metric {metric!r}: the cloze protocol counts acc_norm or acc as correct")
     start = time.time()
     model.eval()
     scorer = cloze.ClozeScorer(model, tokenizer, batch_examples=int(eval_cfg.get("batch_size", 8)))
@@ -299,9 +307,9 @@ def evaluate_cloze(model, tokenizer, eval_cfg: dict, out_dir, data_root) -> dict
     per_task, predictions, deviations = {}, {}, [CLOZE_NOTE]
     with torch.no_grad():
         for task in check_eval_cfg(eval_cfg):
-            docs = cloze.load_cloze_docs(task, data_root, eval_cfg.get("limit"))
-            rows = [{"id": r["doc_id"], "label": str(r["gold"]), "prediction": str(r["pred_acc_norm"]),
-                     "extraction_failure": False, "correct": bool(r["acc_norm"]), **r} for r in scorer.score(docs)]
+            docs = cloze.load_cloze_docs(task, data_root, eval_cfg.get("limit"), (eval_cfg.get("start") or {}).get(task, 0))
+            rows = [{"id": r["doc_id"], "label": str(r["gold"]), "prediction": str(r[f"pred_{metric}"]),
+                     "extraction_failure": False, "correct": bool(r[metric]), **r} for r in scorer.score(docs)]
             source = locate_test_set(task, data_root)
             per_task[task] = {**cloze_task_summary(task, rows), "test_file": source["relpath"],
                               "test_sha256": source["sha256"]}
@@ -314,8 +322,8 @@ def evaluate_cloze(model, tokenizer, eval_cfg: dict, out_dir, data_root) -> dict
               "average_acc": sum(t["acc"] for t in per_task.values()) / len(per_task),
               "average_choice_nll": sum(t["choice_nll"] for t in per_task.values()) / len(per_task),
               "eval_seconds": round(time.time() - start, 2), "eval_cfg": _jsonable(eval_cfg),
-              "protocol": {"name": "cloze", "metric": "acc_norm", "scorer": dict(scorer.stats)},
-              "prompt_trim": 0, "deviations": deviations}
+              "protocol": {"name": "cloze", "metric": metric, "scorer": dict(scorer.stats)},
+              "prompt_trim": 0, "deviations": deviations, **(annotations or {})}
     for task, rows in predictions.items():  # predictions first, the suite file (the job's output) last
         _atomic_write_lines(out_dir / f"{task}.predictions.jsonl", [json.dumps(row) + "\n" for row in rows])
     atomic_write_json(out_dir / f"{suite}.json", result)
@@ -348,7 +356,7 @@ def skipped_result(suite: str, record: dict) -> dict:
     return {"suite": suite, "status": "skipped", "reason": reason, "tasks": {}}
 
 
-def evaluate_run(run_dir, eval_cfg: dict, out_dir, data_root=None) -> dict:
+def evaluate_run(run_dir, eval_cfg: dict, out_dir, data_root=None, annotations: dict | None = None) -> dict:
     """Evaluate one run (base model + its delta) and write `<out_dir>/<suite>.json` + predictions.
 
     Reads run_dir/record.json (never writes it: the record is the train job's output). A run
@@ -381,10 +389,13 @@ def evaluate_run(run_dir, eval_cfg: dict, out_dir, data_root=None) -> dict:
     for task in tasks:  # every test file present and verified before the (slow) model load
         locate_test_set(task, resolve_data_root(eval_cfg.get("data_root") if data_root is None else str(data_root)))
     root = resolve_data_root(eval_cfg.get("data_root") if data_root is None else str(data_root))
-    forgetting.check_text(suite, root)
+    validation = eval_cfg.get("split") == "validation"  # experiments.lr_sweep's split: no forgetting there
+    if not validation:
+        forgetting.check_text(suite, root)
     model, tokenizer = trained_model(run, delta_dir)
-    forgetting.write_after(model, tokenizer, suite, record, root, out_dir)  # eval/forgetting.json
-    return evaluate_model(model, tokenizer, eval_cfg, out_dir, data_root=data_root)
+    if not validation:
+        forgetting.write_after(model, tokenizer, suite, record, root, out_dir)  # eval/forgetting.json
+    return evaluate_model(model, tokenizer, eval_cfg, out_dir, data_root=data_root, annotations=annotations)
 
 
 def trained_model(run, delta_dir) -> tuple:

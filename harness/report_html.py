@@ -22,6 +22,7 @@ from harness import reports
 # paper table -> the targets that show it; the figures sit with the table whose runs they draw
 REPORT_GROUPS = {
     "table1": ("Table 1: step time and memory", "table"),
+    "lr_sweep": ("Learning rates tuned per method", "table: the sweep on the validation split"),
     "table2": ("Table 2: commonsense at equal budget", "table"),
     "figure_pareto": ("Table 2: commonsense at equal budget", "figure: accuracy against cost and forgetting"),
     "table3": ("Table 3: budget sweep", "table"),
@@ -99,8 +100,10 @@ def caption_facts(config: dict, target: str) -> dict:
     per_suite = []
     for suite in dict.fromkeys(hc.suite_of(config, r) for r in runs):
         ev = config["eval"][suite]
-        k, limit = len(ev["tasks"]), ev.get("limit")
-        per_suite.append(f"{suite}: {limit} per task x {k} tasks = {limit * k} test examples per run" if limit
+        k, limit, kind = len(ev["tasks"]), ev.get("limit"), "test"
+        if getattr(reports.target(target).module, "EVAL_SPLIT", "test") == "validation":  # the lr sweep
+            limit, kind = config["experiments"]["lr_sweep"]["validation"]["limit"], "validation"
+        per_suite.append(f"{suite}: {limit} per task x {k} tasks = {limit * k} {kind} examples per run" if limit
                          else f"{suite}: the whole test set of each of {k} tasks")
     return {"runs": f"{len(runs)} run" + ("s" if len(runs) != 1 else ""), "seeds": ", ".join(map(str, seeds)) + f" ({len(seeds)} seed"
             + ("s" if len(seeds) != 1 else "") + ")", "n": "; ".join(per_suite), "config": config["name"]}

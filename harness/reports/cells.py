@@ -179,10 +179,10 @@ class Ctx:
         return Group(sorted(runs, key=lambda r: r.parts["seed"]), self.suite(dataset), self.tasks(dataset), self.notes)
 
     def groups(self, runs: list[Run], dataset: str) -> list[Group]:
-        """Seed groups by (budget, placement), in first-seen order."""
+        """Seed groups by (budget, placement, learning rate named in the run id), in first-seen order."""
         keyed: dict = {}
         for r in runs:
-            keyed.setdefault((r.parts["budget"], r.parts["placement"]), []).append(r)
+            keyed.setdefault((r.parts["budget"], r.parts["placement"], r.parts["lr"]), []).append(r)
         return [self.group(rs, dataset) for rs in keyed.values()]
 
 

@@ -91,7 +91,8 @@ def load_run(record_path) -> Run:
     if not isinstance(record, dict) or "run_id" not in record.get("run_info", {}):
         raise ValueError(f"{path} is not a run record (no run_info.run_id); train the run again")
     evals, correct, labels, problems = {}, {}, {}, {}
-    for result in sorted((path.parent / "eval").glob("*.json")):
+    # eval/: the test suites; val/: the validation split of experiments.lr_sweep (<suite>_val.json)
+    for result in sorted([*(path.parent / "eval").glob("*.json"), *(path.parent / "val").glob("*.json")]):
         if result.name == forgetting.FILE:  # not a suite's evaluation (harness.forgetting)
             continue
         ev = read_json(result, "the evaluate job's output")

@@ -8,6 +8,7 @@ import sys
 sys.path.insert(0, workflow.basedir)  # harness importable before `pip install -e .`
 
 from harness import config as hc
+from harness import lr_sweep
 from harness import reports
 
 
@@ -63,9 +64,46 @@ def model_marker(model):
     return f"{hc.model_dir(CFG, model)}/prepared.json"
 
 
-def eval_file(rid):
-    """The evaluation output of one run (its suite follows its training set)."""
+def eval_file(rid, split="test"):
+    """The evaluation output of one run (its suite follows its training set): eval/<suite>.json on
+    the test set, val/<suite>_val.json on experiments.lr_sweep's validation split."""
+    if split == "validation":
+        return f"{hc.run_dir(CFG, rid)}/val/{hc.val_suite(hc.suite_of(CFG, rid))}.json"
     return f"{hc.run_dir(CFG, rid)}/eval/{hc.suite_of(CFG, rid)}.json"
+
+
+# Learning rates tuned per method (experiments.lr_sweep, harness.lr_sweep, workflow/rules/lr_sweep.smk):
+# the checkpoint lr_choice writes the choice; the runs of every other target on the sweep's dataset
+# name the chosen rates, so their input lists are known only once it has run.
+SWEEP = CFG["experiments"].get("lr_sweep")
+CHOICE = hc.repo_path(lr_sweep.choice_path(CFG)) if SWEEP else None
+
+
+def lr_choice():
+    """The sweep's choice (None without a sweep): from the checkpoint (raising Snakemake's
+    IncompleteCheckpointException until it has run), with from_records from the file on disk."""
+    if not SWEEP:
+        return None
+    if FROM_RECORDS:
+        if not CHOICE.is_file():
+            raise FileNotFoundError(f"from_records=true: {CHOICE} (the learning-rate choice) is missing; it is made "
+                                    "by `snakemake --cores all lr_sweep` (without from_records)")
+        return lr_sweep.read_choice(CHOICE)
+    return lr_sweep.read_choice(checkpoints.lr_choice.get().output[0])
+
+
+def target_config(target):
+    """The config a target's runs are named from: with the sweep's choice where the target trains
+    on the sweep's dataset (its run ids then name the chosen rates), else the config as it is."""
+    if not SWEEP or target == "lr_sweep" or target == "table1":
+        return CFG
+    if all(hc.parse_run_id(r)["dataset"] != SWEEP["dataset"] for r in reports.expand_runs(CFG, target)):
+        return CFG  # e.g. Table 5 (math): nothing of it waits for the commonsense sweep
+    return lr_sweep.with_choice(CFG, lr_choice())
+
+
+def target_runs(target):
+    return reports.expand_runs(target_config(target), target)
 
 
 def profile_file():
@@ -85,7 +123,10 @@ def target_inputs(target):
         return [profile_file()] + ([gpu_check_file()] if os.path.exists(gpu_check_file()) else [])
     # + the base model's forgetting value(s) (workflow/rules/forgetting.smk) for the targets that show it;
     # not with from_records (no rule makes them then, and the committed runs have no forgetting value)
-    return [eval_file(r) for r in reports.expand_runs(CFG, target)] + ([] if FROM_RECORDS else forgetting_inputs(target))
+    split = getattr(reports.target(target).module, "EVAL_SPLIT", "test")
+    choice = [str(CHOICE)] if target == "lr_sweep" and not FROM_RECORDS else []  # `snakemake lr_sweep` makes it
+    return ([eval_file(r, split) for r in target_runs(target)] + choice
+            + ([] if FROM_RECORDS else forgetting_inputs(target)))
 
 
 def report_inputs(target):
@@ -115,7 +156,7 @@ def target_records(target):
     """Record paths handed to harness.reports (Table 1: its profile)."""
     if target == "table1":
         return [profile_file()]  # the GPU check's JSON is an input of table1, not one of its records
-    return [f"{hc.run_dir(CFG, r)}/record.json" for r in reports.expand_runs(CFG, target)]
+    return [f"{hc.run_dir(CFG, r)}/record.json" for r in target_runs(target)]
 
 
 def report_prefix(target):
@@ -162,7 +203,7 @@ def forgetting_inputs(target):
     if target not in FORGETTING_TARGETS:
         return []
     pairs = {(hc.parse_run_id(r)["model"], _forgetting.text_for_suite(hc.suite_of(CFG, r)))
-             for r in reports.expand_runs(CFG, target)}
+             for r in target_runs(target)}
     return [forgetting_base_file(m, t) for m, t in sorted(pairs)]
 
 
@@ -180,3 +221,12 @@ def flagged_outputs(target):
     return [report(path, caption=f"../report/{target}.rst", category=category, subcategory=subcategory,
                    labels={"target": target, "format": _FORMATS[path.rsplit(".", 1)[1]]})
             for path in report_outputs([target])]
+
+
+def lr_choice_input(w):
+    """A test evaluation of a run that names a swept method's rate on the sweep's dataset reads the
+    choice (the job refuses a rate that was not chosen and writes the choice into its output)."""
+    if (SWEEP and w.dataset == SWEEP["dataset"] and hc.LR_SUFFIX in w.method
+            and not w.suite.endswith(hc.VAL_SUFFIX)):
+        return {"lr_choice": str(CHOICE)}
+    return {}

@@ -11,8 +11,8 @@ CHECKSUM_CACHE = f"{RES}/.checksum_cache.json"
 # {task: sha256} of the test sets of an evaluation suite (for the evaluate rule's params); the
 # data root as resolved now (SMT_DATA_ROOT, then the config's data_root; None: download).
 test_sets_sha256 = lambda suite: hd.test_set_checksums(
-    CFG["eval"][suite]["tasks"], hd.resolve_data_root(CFG["data_root"]), CHECKSUM_CACHE
-)
+    hc.eval_cfg(CFG, suite)["tasks"], hd.resolve_data_root(CFG["data_root"]), CHECKSUM_CACHE
+)  # (a validation split <suite>_val reads the same test files)
 
 # A carve (training records cut from test sets) must not touch the records evaluation reads:
 # checked for every dataset before any job runs.

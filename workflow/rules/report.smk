@@ -18,18 +18,19 @@ for _target in TARGETS:
         name:
             _target
         input:
-            report_inputs(_target) if not FROM_RECORDS else report_input_function(_target),
+            report_input_function(_target),  # a function: its runs may wait for the lr_choice checkpoint
         output:
             flagged_outputs(_target),
         log:
             f"{LOGS}/report/{_target}.log",
         params:
             target=_target,
-            records=target_records(_target),
+            records=lambda w, t=_target: target_records(t),
             out_prefix=lambda w, output: os.path.splitext(output[0])[0],
             # where data lives, and whether the records were just trained or are read from disk
-            # (from_records), decide nothing here: a table is a function of its records
-            config={k: v for k, v in CFG.items() if k not in ("data_root", "from_records")},
+            # (from_records), decide nothing here: a table is a function of its records (and of
+            # the sweep's choice of rates, lr_chosen, which names them)
+            config=lambda w, t=_target: {k: v for k, v in target_config(t).items() if k not in ("data_root", "from_records")},
             facts=_report_html.caption_facts(CFG, _target),  # for the report's caption (workflow/report/)
         threads: 1
         resources:

@@ -24,4 +24,14 @@ if "unavailable" not in planned:
     now = hd.test_set_checksums(list(planned), root)
     if now != planned:
         raise RuntimeError(f"test files changed since the DAG was built: {planned} -> {now}; run snakemake again")
-evaluate_run(snakemake.params.run_dir, eval_cfg, out.parent, data_root=root)
+# a test evaluation at a swept method's rate: that rate must be the one chosen on validation, and
+# the output carries the choice (the sweep, the rule, every rate's validation score)
+annotations = None
+if "lr_choice" in snakemake.input.keys():
+    from harness import lr_sweep
+    from harness.records import read_record
+
+    choice = lr_sweep.read_choice(snakemake.input.lr_choice)
+    run_id = read_record(snakemake.input.record)["run_info"]["run_id"]
+    annotations = {"lr_choice": lr_sweep.check_chosen(choice, config, run_id)}
+evaluate_run(snakemake.params.run_dir, eval_cfg, out.parent, data_root=root, annotations=annotations)
