@@ -7,7 +7,8 @@ import yaml
 from harness import config as hc
 from harness import reports
 
-CONFIGS = ["config/config.yaml", "config/test.yaml", "config/paper.yaml"]
+CONFIGS = ["config/config.yaml", "config/test.yaml", "config/paper.yaml", "config/generative.yaml",
+           "config/test-cloze.yaml"]
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def test_defaults_filled(raw):
 
 
 def test_expand_runs_dedups_shared_runs():
-    cfg = hc.load_config(hc.REPO_ROOT / "config/config.yaml")
+    cfg = hc.load_config(hc.REPO_ROOT / "config/generative.yaml")  # the generative study (no rate sweep)
     qkv = "smollm2-135m/commonsense/smt/b0.84/qkv/s0"
     everything = reports.expand_runs(cfg, "all")
     assert len(everything) == len(set(everything)) == 25  # 24 trained + the zero-shot reference
@@ -151,7 +152,7 @@ def test_zero_shot_run_is_the_base_model_and_its_name_is_reserved(raw):
     run = hc.resolve_run(cfg, rid).to_json()
     assert run["method"] == {"name": "zero_shot", "variant": "zero_shot", "lr": 0.0} and run["budget"] == 0.0
     assert run["placement"]["target_modules"] == [] and run["deviations"] == cfg["deviations"]
-    with pytest.raises(hc.ConfigError, match="budget 0 and placement 'none'"):
+    with pytest.raises(hc.ConfigError, match="budget 0, placement 'none' and no learning rate"):
         hc.resolve_run(cfg, "tiny/commonsense/zero_shot/b0.84/qkv/s0")
     with pytest.raises(hc.ConfigError, match="methods.zero_shot: the name is reserved"):
         hc.load_config({**raw, "methods": {**raw["methods"], "zero_shot": {"lr": 1e-3, "placement": "qkv"}}})

@@ -154,7 +154,7 @@ def test_no_gpu_json_or_a_cpu_json_renders_as_no_gpu_measurement(tmp_path, run):
 def test_report_table1_writes_the_gpu_table_beside_the_cpu_one(tmp_path, run):
     from harness import reports as report
 
-    prof = REPO / "results" / "profile" / "smollm2-135m" / "table1.json"  # the committed CPU profile
+    prof = REPO / "results" / "generative" / "profile" / "smollm2-135m" / "table1.json"  # a committed CPU profile
     prefix = tmp_path / "results" / "tables" / "table1"
     report.make_table("table1", {"name": "t"}, [prof], prefix)
     assert gpu_table.NO_GPU in prefix.with_name("table1_gpu.md").read_text()

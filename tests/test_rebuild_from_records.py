@@ -22,6 +22,9 @@ from test_workflow_dag import job_counts
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TABLES = [f"table{i}" for i in range(1, 8)]
 FIGURES = ["figure4", "figure_val_loss"]  # the README's command rebuilds `all`; two figures keep this short
+# the complete committed study: the generative one (config/generative.yaml, under results/generative/)
+CONFIG = "--configfile=config/generative.yaml"
+RESULTS, FIGS = "results/generative", "figures/generative"
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +53,7 @@ def clone(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def rebuilt(clone):
-    res = snakemake(clone, "--cores", "2", "--config", "from_records=true", "--forceall", *TABLES, *FIGURES)
+    res = snakemake(clone, "--cores", "2", CONFIG, "--config", "from_records=true", "--forceall", *TABLES, *FIGURES)
     assert res.returncode == 0, (res.stdout + res.stderr)[-5000:]
     return clone, res
 
@@ -63,21 +66,21 @@ def test_only_report_jobs_run(rebuilt):
 
 def test_rebuilt_tables_and_figure_data_equal_the_committed_ones_byte_for_byte(rebuilt):
     clone, _ = rebuilt
-    outputs = [f"results/tables/{t}.{e}" for t in TABLES for e in ("csv", "md", "tex")]
-    outputs += [f"figures/{f}.data.csv" for f in FIGURES]
+    outputs = [f"{RESULTS}/tables/{t}.{e}" for t in TABLES for e in ("csv", "md", "tex")]
+    outputs += [f"{FIGS}/{f}.data.csv" for f in FIGURES]
     for rel in outputs:
         new, old = (clone / rel).read_bytes(), (REPO / rel).read_bytes()
         assert new == old, f"{rel} rebuilt from the committed records differs from the committed one"
-    md = (clone / "results/tables/table2.md").read_text()
+    md = (clone / f"{RESULTS}/tables/table2.md").read_text()
     assert "records trained at: " in md and "meta_info.git_sha" in md
 
 
 def test_a_missing_evaluation_is_an_error_naming_it_and_the_command(clone, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(clone, broken, ignore=shutil.ignore_patterns(".snakemake"))
-    victim = next((broken / "results/runs").glob("*/commonsense/lora/b0.84/*/s0/eval/commonsense.json"))
+    victim = next((broken / RESULTS / "runs").glob("*/commonsense/lora/b0.84/*/s0/eval/commonsense.json"))
     victim.unlink()
-    res = snakemake(broken, "-n", "--cores", "2", "--config", "from_records=true", "--forceall", "table2")
+    res = snakemake(broken, "-n", "--cores", "2", CONFIG, "--config", "from_records=true", "--forceall", "table2")
     assert res.returncode != 0
     text = res.stdout + res.stderr
     assert str(victim.relative_to(broken)) in text and "snakemake --cores all table2" in text, text[-3000:]
@@ -87,7 +90,7 @@ def test_nothing_is_marked_fresh(rebuilt):
     """After the rebuild, the normal DAG still wants to prepare, train and evaluate (the prepared
     model and data are not committed, so the records are older than their inputs would be)."""
     clone, _ = rebuilt
-    res = snakemake(clone, "-n", "--cores", "2", "table2")
+    res = snakemake(clone, "-n", "--cores", "2", CONFIG, "table2")
     assert res.returncode == 0, res.stderr[-3000:]
     counts = job_counts(res.stdout)
     assert counts.get("train") == 10 and counts.get("evaluate") == 10 and counts.get("prepare_model") == 1

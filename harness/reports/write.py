@@ -33,6 +33,10 @@ def footer(df: pd.DataFrame, config: dict) -> list[str]:
     lines.append("deviations: " + ("; ".join(devs) if devs else "none recorded"))
     if df.attrs.get("provenance"):  # the commits the records ran at (harness.provenance)
         lines.append(df.attrs["provenance"])
+    if config.get("protocol") == "cloze":  # the declared endpoint (config primary_metric) every number here is
+        metric = config.get("primary_metric") or "acc_norm"
+        lines.append(f"primary endpoint: cloze {metric} (config primary_metric, declared before the study ran), the "
+                     "macro average over the tasks; every accuracy, interval, difference and best mark here is of it")
     lines.append(f"config: {config['name']} ({config.get('description', '')})")
     return lines
 
