@@ -363,12 +363,12 @@ def parse_run_id(run_id: str) -> dict:
         raise ConfigError(f"bad run id {run_id!r}; expected {RUN_ID_TEMPLATE} "
                           f"({', '.join(f'{k}: {v}' for k, v in RUN_ID_PATTERNS.items())})")
     parts = m.groupdict()
-    method, _, lr = parts["method"].partition(LR_SUFFIX)
+    method, _, written = parts["method"].partition(LR_SUFFIX)
     try:
-        lr = float(lr) if lr else None
+        lr = float(written) if written else None
     except ValueError:
-        raise ConfigError(f"bad run id {run_id!r}: {lr!r} after {LR_SUFFIX} is not a learning rate") from None
-    if lr is not None and (lr <= 0 or lr_label(lr) != parts["method"].partition(LR_SUFFIX)[2]):
+        raise ConfigError(f"bad run id {run_id!r}: {written!r} after {LR_SUFFIX} is not a learning rate") from None
+    if lr is not None and (lr <= 0 or lr_label(lr) != written):
         raise ConfigError(f"bad run id {run_id!r}: write the learning rate as {lr_label(lr)!r} (Python's g format), "
                           "one spelling per rate")
     return {"model": parts["model"], "dataset": parts["dataset"], "method": method, "lr": lr,
@@ -546,14 +546,14 @@ VAL_SUFFIX = "_val"  # <suite>_val: the validation split experiments.lr_sweep ch
 
 
 def val_suite(suite: str) -> str:
-    """The name of a suite's validation split (its eval file: eval/<suite>_val.json)."""
+    """The name of a suite's validation split (its evaluation file: val/<suite>_val.json)."""
     return suite + VAL_SUFFIX
 
 
 def primary_metric(config: dict) -> str:
     """The study's declared primary endpoint: `primary_metric` under cloze (acc_norm or acc), the
     generated answer's accuracy under the paper's generative protocol."""
-    return config.get("primary_metric") or "acc_norm" if config.get("protocol") == "cloze" else "accuracy"
+    return (config.get("primary_metric") or "acc_norm") if config.get("protocol") == "cloze" else "accuracy"
 
 
 def validation_starts(config: dict, dataset: str, tasks) -> dict:

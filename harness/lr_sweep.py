@@ -11,11 +11,10 @@ evaluation carries the choice (eval/<suite>.json `lr_choice`).
 """
 from __future__ import annotations
 
-import json
 import pathlib
 
 from harness import config as hc
-from harness.records import read_json
+from harness.records import atomic_write_json, read_json
 
 RULE = ("per method, the rate with the highest mean of the primary metric on the validation split (macro "
         "average over tasks, the sweep's one seed); a tie goes to the smaller rate; a failed or diverged "
@@ -91,11 +90,7 @@ def write_choice(config: dict, record_paths, out) -> dict:
                  for m, c in failed.items()]
         raise RuntimeError("experiments.lr_sweep: no usable rate for " + ", ".join(failed) + ":\n" + "\n".join(lines)
                            + "\nretrain those runs (snakemake --forcerun <record.json>) or widen the grid")
-    out = pathlib.Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(choice, indent=1, sort_keys=True) + "\n")
-    tmp.replace(out)
+    atomic_write_json(out, choice)  # the project's one atomic JSON writer (harness.records)
     return choice
 
 
@@ -120,7 +115,8 @@ def check_chosen(choice: dict, config: dict, run_id: str) -> dict:
     parts = hc.parse_run_id(run_id)
     method = hc.tuned_method(config, parts["method"])
     entry = choice["methods"].get(method) if parts["dataset"] == choice["dataset"] else None
-    if entry is None or parts["lr"] is None or abs(parts["lr"] - float(entry["chosen"])) > 1e-12 * parts["lr"]:
+    # rates compare as the run id writes them (harness.config.lr_label: one spelling per rate)
+    if entry is None or parts["lr"] is None or hc.lr_label(parts["lr"]) != hc.lr_label(entry["chosen"]):
         raise ValueError(f"run {run_id}: its learning rate {parts['lr']} is not the one experiments.lr_sweep chose for "
                          f"{method} on {choice['dataset']} ({entry and entry['chosen']}); the test set is scored only "
                          "at chosen rates (the sweep's other rates are scored on validation)")
