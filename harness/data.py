@@ -81,6 +81,7 @@ FILES: dict[str, tuple[str | None, str | None]] = {
 }
 
 # the test tasks and the paper's suites (Tables 2 and 5) are defined once, in harness.tasks
+from harness import cloze  # noqa: E402  (parsing and scoring only; the files are read here)
 from harness.tasks import COMMONSENSE_TASKS, MATH_TASKS, SUITES  # noqa: E402
 # test-set files per task, in order of preference; the first one present (mirror) or
 # downloadable (no mirror) is used
@@ -482,17 +483,43 @@ def prepare_train_set(spec: dict, data_root, out_path, eval_limit=None) -> dict:
     return meta
 
 
+def load_cloze_docs(task: str, data_root, limit: int | None = None, start: int = 0) -> list[cloze.ClozeDoc]:
+    """The cloze docs of the records the project evaluates: `limit` records of the task's test
+    file (`harness.data.load_test_set`, same file and order) from index `start` on (0: the
+    evaluated head; the validation split of experiments.lr_sweep starts beyond it and beyond any
+    records carved for training, harness.config.eval_cfg). Doc ids are indices into the file.
+    HellaSwag from the HF-format validation file uses its native fields (lm-eval exact); every
+    other file is parsed."""
+    entry = locate_test_set(task, data_root)
+    raw = read_records(entry["path"])
+    start = int(start)
+    stop = len(raw) if limit is None else start + int(limit)
+    if stop > len(raw) or start < 0:
+        raise ValueError(f"{entry['path']} ({task}) has {len(raw)} records; records {start}..{stop - 1} were asked "
+                         "for: lower the limit (eval.<suite>.limit or experiments.lr_sweep.validation.limit)")
+    if entry["relpath"] == "hellaswag/validation.jsonl":
+        return [cloze.doc_from_hellaswag_native(i, raw[i]) for i in range(start, stop)]
+    return [cloze.doc_from_record(task, i, raw[i], f"{entry['path']} record {i} ({task})") for i in range(start, stop)]
+
+
+def hellaswag_native_by_instruction(data_root) -> dict[str, dict]:
+    """{LLM-Adapters instruction (harness.data.hellaswag_record): native HF doc} for HellaSwag, so
+    training targets of carved records can use lm-eval's exact query (capitalized ctx_b)."""
+    out = {}
+    for doc in read_records(fetch_file("hellaswag/validation.jsonl", data_root)["path"]):
+        out.setdefault(hellaswag_record(doc)["instruction"], doc)
+    return out
+
+
 def cloze_records(records: list[dict], labels: list[str], data_root) -> list[dict]:
     """The records as cloze training targets (harness.cloze.training_target): each keeps its
     LLM-Adapters keys (instruction, input, answer as they were) with `output` replaced by the gold
     option's text as the scorer scores it, and a `cloze` entry {task, prompt, gold, options}; the
     loss is then on the option text after the cloze prompt (harness.prompts.tokenize_example).
     A record that does not parse is a DataError naming it: nothing is dropped silently."""
-    from harness import cloze
-
     hellaswag = None
     if any(cloze.task_of_instruction(r) == "hellaswag" for r in records):
-        hellaswag = cloze.hellaswag_native_by_instruction(data_root)  # lm-eval's exact HellaSwag query
+        hellaswag = hellaswag_native_by_instruction(data_root)  # lm-eval's exact HellaSwag query
     out, failures = [], []
     for i, (rec, label) in enumerate(zip(records, labels)):
         task = cloze.task_of_instruction(rec)

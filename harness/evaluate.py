@@ -35,7 +35,7 @@ from collections import Counter
 from lm_eval.models.huggingface import HFLM
 
 from harness import forgetting, stats
-from harness.data import locate_test_set, resolve_data_root
+from harness.data import load_cloze_docs, locate_test_set, resolve_data_root
 from harness.prompts import EVAL_BOUNDARY_NOTE, RESPONSE_MARKER, boundary_trim
 from harness.records import REPO_ROOT, atomic_write_json
 from harness.tasks import TASK_PREFIX, TASKS, TASKS_DIR, get_task
@@ -307,7 +307,7 @@ def evaluate_cloze(model, tokenizer, eval_cfg: dict, out_dir, data_root, annotat
     per_task, predictions, deviations = {}, {}, [CLOZE_NOTE]
     with torch.no_grad():
         for task in check_eval_cfg(eval_cfg):
-            docs = cloze.load_cloze_docs(task, data_root, eval_cfg.get("limit"), (eval_cfg.get("start") or {}).get(task, 0))
+            docs = load_cloze_docs(task, data_root, eval_cfg.get("limit"), (eval_cfg.get("start") or {}).get(task, 0))
             rows = [{"id": r["doc_id"], "label": str(r["gold"]), "prediction": str(r[f"pred_{metric}"]),
                      "extraction_failure": False, "correct": bool(r[metric]), **r} for r in scorer.score(docs)]
             source = locate_test_set(task, data_root)

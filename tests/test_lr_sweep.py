@@ -90,14 +90,14 @@ def test_a_carve_without_an_end_leaves_no_validation_split():
 
 @pytest.mark.skipif(not MIRROR.is_dir(), reason="offline data mirror not found")
 def test_validation_docs_are_the_records_after_the_start():
-    from harness import cloze
+    from harness import data as hd
 
-    head = cloze.load_cloze_docs("ARC-Easy", MIRROR, 5)
-    val = cloze.load_cloze_docs("ARC-Easy", MIRROR, 3, start=5)
-    more = cloze.load_cloze_docs("ARC-Easy", MIRROR, 8)
+    head = hd.load_cloze_docs("ARC-Easy", MIRROR, 5)
+    val = hd.load_cloze_docs("ARC-Easy", MIRROR, 3, start=5)
+    more = hd.load_cloze_docs("ARC-Easy", MIRROR, 8)
     assert [d.doc_id for d in val] == [5, 6, 7] and val == more[5:8] and not set(d.doc_id for d in head) & {5, 6, 7}
     with pytest.raises(ValueError, match="records"):
-        cloze.load_cloze_docs("openbookqa", MIRROR, 50, start=480)  # 500 records in its test file
+        hd.load_cloze_docs("openbookqa", MIRROR, 50, start=480)  # 500 records in its test file
 
 
 # --- config errors ------------------------------------------------------------------------------------
