@@ -55,11 +55,13 @@ class Method:
     fingerprint = None  # set by the training loop: the run's fingerprint, for files kept to resume
 
     def __init__(self, run):
-        """run: the harness.run_config.RunConfig (or its JSON form) this method trains in; its
-        settings were parsed once, into this method's Settings, when the RunConfig was built."""
-        from harness.run_config import as_run_config
-
-        self.run = as_run_config(run)
+        """run: the harness.run_config.RunConfig this method trains in (its JSON form is parsed by
+        the caller, harness.run_config.as_run_config: the methods sit below the harness and import
+        none of it); its settings were parsed once, into this method's Settings, when it was built."""
+        if isinstance(run, dict):
+            raise TypeError(f"{type(self).__name__}(run): pass a RunConfig, not its JSON form; parse it first "
+                            "with harness.run_config.as_run_config(run)")
+        self.run = run
         if self.run.method.name != self.name:
             raise ValueError(f"run {self.run.run_id!r} is for method {self.run.method.name!r}, not {self.name!r}")
         self.settings = self.run.method.settings

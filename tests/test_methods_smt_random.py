@@ -7,6 +7,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import baselines
 import conftest
 import smt
+from harness.run_config import as_run_config
 
 torch.set_num_threads(1)
 QUOTAS = {"mlp": {"modules": ["gate_proj", "up_proj", "down_proj"], "share": 0.25},
@@ -60,9 +61,9 @@ def test_random_plan_rejects_what_the_scorer_rejects():
 
 def test_smt_method_random_selection_has_no_warmup_and_uses_the_run_seed(tmp_path):
     def method(seed):
-        return baselines.get_method("smt")(conftest.run_cfg(
+        return baselines.get_method("smt")(as_run_config(conftest.run_cfg(
             {"name": "smt", "variant": "smt_random", "lr": 1e-3, "block_size": 16, "selection": "random"},
-            budget=0.05, seed=seed))
+            budget=0.05, seed=seed)))
     m0 = method(0)
     assert m0.warmup_steps == 0
     info = m0.apply(tiny_model(), tmp_path)

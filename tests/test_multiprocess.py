@@ -21,6 +21,7 @@ import sys
 
 import pytest
 import torch
+from harness.run_config import as_run_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LOSS_TOL = 2e-4      # absolute, per logged step (fp32; reduction order differs across processes)
@@ -214,7 +215,7 @@ def _logits(env, name, delta_dir):
     from harness.train_data import collate
     model, tok = load_model(env / "model", "float32", "cpu")
     cfg = case_cfg(env, name, accum=1)
-    method = baselines.get_method(cfg["method"]["name"])(cfg)
+    method = baselines.get_method(cfg["method"]["name"])(as_run_config(cfg))
     model = method.merge(method.load(model, delta_dir / "delta"))
     model.eval()
     recs = json.loads((env / "train.json").read_text())[:3]

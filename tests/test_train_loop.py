@@ -14,6 +14,7 @@ from harness.models import load_model
 from harness.step import DivergedError
 from harness.train import train
 from conftest import make_tiny_env, tiny_run_cfg
+from harness.run_config import as_run_config
 
 torch.set_num_threads(1)
 LR = {"full_ft": 3e-3, "lora": 5e-2, "dora": 5e-2, "smt": 5e-2, "vera": 5e-2}
@@ -58,7 +59,7 @@ def test_method_trains_and_delta_reloads(tiny_env, tmp_path, monkeypatch, name):
     # the saved delta, loaded on a fresh base and merged, carries the learning
     base, tok = load_model(tiny_env / "model", "float32", "cpu")
     base_loss = batch_loss(base, tok, tiny_env)
-    method = baselines.get_method(name)(make_cfg(tiny_env, name))
+    method = baselines.get_method(name)(as_run_config(make_cfg(tiny_env, name)))
     tuned = method.merge(method.load(base, tmp_path / "delta"))
     assert type(tuned).__name__ == "LlamaForCausalLM"
     reloaded = batch_loss(tuned, tok, tiny_env)
@@ -277,7 +278,7 @@ def _method_model(env, name):
     """The tiny model with method `name` applied and its trainable parameters perturbed."""
     model, tok = load_model(env / "model", "float32", "cpu")
     cfg = make_cfg(env, name)
-    method = baselines.get_method(name)(cfg)
+    method = baselines.get_method(name)(as_run_config(cfg))
     batch = _batch(tok)
     if method.warmup_steps:  # SMT: select blocks from one gradient
         for p in model.parameters():
