@@ -494,16 +494,18 @@ def part_layer(device, mode: dict, clock: Clock, scale: float) -> dict:
 
 
 def load_paper_config(path) -> tuple[dict, bool]:
-    """(config, validated): harness.config.load_config; without jsonschema the strict YAML with its
+    """(config, validated): harness.reports.load_config; without jsonschema the strict YAML with its
     recipe applied (the methods' own settings are still parsed by resolve_run) and validated False."""
     from harness import config as hc
 
     try:
-        return hc.load_config(path), True
+        from harness import reports  # the targets' experiments schemas (pandas): optional on a GPU machine
+
+        return reports.load_config(path), True
     except ModuleNotFoundError as err:
         if err.name not in ("jsonschema", "pandas"):  # schema checks (jsonschema; the report targets' pandas)
             raise
-        return hc.apply_recipe(hc.load_yaml_strict(path)), False
+        return hc.apply_recipe(hc.load_layered(path)), False
 
 
 def table1_run_cfgs(config: dict, methods, budget_pct: float, mode: dict, device, model_name="llama-7b") -> dict:
@@ -862,10 +864,10 @@ def main(argv=None) -> dict:
     errors = validate(doc)
     doc["schema_errors"] = errors
     path = out_dir / JSON_NAME
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
     from harness import gpu_table
+    from harness.records import atomic_write_text
+
+    atomic_write_text(path, json.dumps(doc, indent=1, default=str) + "\n")
 
     gpu_table.write(path, out_dir / pathlib.Path(TABLE_NAME).stem, allow_cpu=True)
     print(f"[gpu_check] wrote {path} and {out_dir / TABLE_NAME} in {doc['elapsed_s']:.0f} s; "

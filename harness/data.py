@@ -42,7 +42,7 @@ import warnings
 # no torch here: the Snakemake DAG imports this module to compute the data checksums of its jobs
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-from harness.records import atomic_write_json, sha256_file  # noqa: E402  (torch-free, like this module)
+from harness.records import atomic_write, atomic_write_json, sha256_file  # noqa: E402  (torch-free, like this module)
 from harness.records import read_json as _read_json  # noqa: E402
 
 LLM_ADAPTERS_COMMIT = "816657208af4db747803f87ba40a4c71383fed7a"
@@ -469,11 +469,8 @@ def prepare_train_set(spec: dict, data_root, out_path, eval_limit=None) -> dict:
     for prov in carved:
         prov["kept"] = kept.get(f"carve:{prov['task']}", 0)
     out_path = pathlib.Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(records, handle, ensure_ascii=False, indent=1)
-    tmp.replace(out_path)
+    # these exact bytes (indent 1, UTF-8, no final newline) are the train_sha256 the records' fingerprints hold
+    atomic_write(out_path, lambda handle: json.dump(records, handle, ensure_ascii=False, indent=1))
     root = _as_root(data_root)
     meta = {"name": spec["name"], "spec": dict(spec), "data_root": str(root) if root else "download",
             "sources": sources, "carved": carved, "eval_limit": eval_limit, "records": len(records),

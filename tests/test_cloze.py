@@ -149,7 +149,7 @@ def test_answer_format_must_count_the_options():
 def test_training_targets_of_the_default_mixture(tmp_path):
     """Every record of the default mixture (600 per task, carved ones included) gives its
     options and gold back; the target is the gold option's scored continuation."""
-    from harness.config import load_config
+    from harness.reports import load_config
     from harness.data import prepare_train_set, read_records
 
     cfg = load_config("config/config.yaml")

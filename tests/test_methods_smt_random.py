@@ -8,6 +8,7 @@ import baselines
 import conftest
 import smt
 from harness.run_config import as_run_config
+from harness import reports
 
 torch.set_num_threads(1)
 QUOTAS = {"mlp": {"modules": ["gate_proj", "up_proj", "down_proj"], "share": 0.25},
@@ -88,7 +89,7 @@ def test_random_variant_runs_through_the_config_and_the_training_loop(tmp_path):
     records = [{"instruction": f"Is {a} even? Answer format: true/false", "input": "",
                 "output": f"the correct answer is {str(a % 2 == 0).lower()}", "answer": ""} for a in range(8)]
     (tmp_path / "train.json").write_text(json.dumps(records))
-    cfg = hc.load_config(hc.REPO_ROOT / "config/test.yaml")
+    cfg = reports.load_config(hc.REPO_ROOT / "config/test.yaml")
     run = hc.resolve_run(cfg, "tiny/commonsense/smt_random/b2.00/qkv/s0").to_json()
     assert run["method"]["name"] == "smt" and run["method"]["selection"] == "random"
     run["model"].update(path=str(tmp_path / "model"), device="cpu")

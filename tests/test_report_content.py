@@ -22,7 +22,7 @@ SEED_GAIN = 0.10  # seed 1 is 10 points better than seed 0: std over the 2 seeds
 
 @pytest.fixture(scope="module")
 def cfg():
-    return hc.load_config({**hc.load_config(hc.REPO_ROOT / "config/test.yaml"), "seeds": [0, 1]})
+    return reports.load_config({**reports.load_config(hc.REPO_ROOT / "config/test.yaml"), "seeds": [0, 1]})
 
 
 def accuracy(parts, task_index):

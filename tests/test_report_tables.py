@@ -27,7 +27,7 @@ ACC = {"lora": {2.0: 0.80, 4.0: 0.62}, "dora": {2.0: 0.60, 4.0: 0.84}, "smt": {2
 
 @pytest.fixture(scope="module")
 def cfg():
-    return hc.load_config({**hc.load_config(hc.REPO_ROOT / "config/test.yaml"), "seeds": [0, 1]})
+    return reports.load_config({**reports.load_config(hc.REPO_ROOT / "config/test.yaml"), "seeds": [0, 1]})
 
 
 def labels_of(task):
@@ -315,8 +315,8 @@ def test_val_loss_column_is_the_mean_and_range_over_seeds(tmp_path, cfg):
 
 
 def test_table2_at_one_budget_names_it_and_compares_each_baseline_with_the_one_smt_row(tmp_path):
-    raw = hc.load_config(hc.REPO_ROOT / "config/test.yaml")
-    cfg = hc.load_config({**raw, "seeds": [0, 1],
+    raw = reports.load_config(hc.REPO_ROOT / "config/test.yaml")
+    cfg = reports.load_config({**raw, "seeds": [0, 1],
                           "experiments": {**raw["experiments"], "table2": {**raw["experiments"]["table2"],
                                                                            "budgets": [2.0]}}})
     rids = reports.expand_runs(cfg, "table2")

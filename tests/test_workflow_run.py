@@ -39,7 +39,7 @@ def tiny_run(tmp_path_factory):
     cfg_file.write_text(yaml.safe_dump(cfg))
     res = snakemake("--cores", "2", f"--configfile={cfg_file}", "all", timeout=1800)  # ~5 min; a hang guard
     assert res.returncode == 0, (res.stdout + res.stderr)[-5000:]
-    return out, cfg_file, hc.load_config(cfg)
+    return out, cfg_file, reports.load_config(cfg)
 
 
 def test_every_table_and_figure_is_written(tiny_run):

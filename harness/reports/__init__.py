@@ -70,6 +70,33 @@ def experiment_schemas() -> dict:
     return {t.experiment: copy.deepcopy(t.module.SCHEMA) for t in REGISTRY.values() if hasattr(t.module, "SCHEMA")}
 
 
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """An experiments entry as harness.config.load_config checks it: the schema of the target that
+    owns it and every check of the targets that read it."""
+
+    SCHEMA: dict
+    checks: tuple
+
+    def check(self, config: dict, entry: dict) -> None:
+        for check in self.checks:
+            check(config, entry)
+
+
+def experiments() -> dict[str, Experiment]:
+    """experiments.<name> -> its Experiment (schema and checks), from the target modules."""
+    schemas = experiment_schemas()
+    return {name: Experiment(schema, tuple(t.module.check for t in REGISTRY.values()
+                                           if t.experiment == name and hasattr(t.module, "check")))
+            for name, schema in schemas.items()}
+
+
+def load_config(src) -> dict:
+    """The config (a path or a mapping) loaded and validated with every experiments entry checked by
+    the targets that own it (harness.config.load_config); what the Snakefile calls, once."""
+    return hc.load_config(src, experiments())
+
+
 def configured(config: dict) -> list[str]:
     """The targets a config builds (`all`): those whose experiments entry it has."""
     return [name for name, t in REGISTRY.items() if t.experiment in config["experiments"]]

@@ -164,7 +164,7 @@ class Ctx:
     @property
     def proposed(self) -> str:
         """The method every other is compared with (config `proposed`, the paper's: smt)."""
-        return self.config.get("proposed", "smt")
+        return self.config["proposed"]
 
     def suite(self, dataset: str) -> str:
         return self.config["datasets"][dataset]["suite"]

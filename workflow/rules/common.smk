@@ -12,16 +12,25 @@ from harness import lr_sweep
 from harness import reports
 
 
-# Snakemake parses the config files itself and keeps the last of two equal keys silently: read
-# each one again, refusing duplicates (the error names the key, file and line), then validate.
+# The config is loaded and validated HERE, once; jobs get resolved JSON (RunConfig, EvalConfig)
+# through their rule's params and never load it again. Each --configfile is read again strictly
+# (a duplicate key is an error naming the key, file and line) with its `extends:` chain resolved
+# (a user config is the default plus its overrides: README "Your own config"), the files merged in
+# order, then --config KEY=VALUE on top; the result is validated as a whole.
+_LAYERED = {}
 for _configfile in workflow.config_settings.configfiles or [os.path.join(workflow.basedir, "config/config.yaml")]:
-    hc.load_yaml_strict(_configfile)
+    _LAYERED = hc.deep_merge(_LAYERED, hc.load_layered(_configfile))
+_LAYERED = hc.deep_merge(_LAYERED, dict(workflow.config_settings.config))
 # --config from_records=true arrives as the string "true": only true/false are accepted
-if isinstance(config.get("from_records"), str):
-    if config["from_records"].lower() not in ("true", "false"):
-        raise ValueError(f"--config from_records={config['from_records']}: write from_records=true or false")
-    config["from_records"] = config["from_records"].lower() == "true"
-CFG = hc.load_config(config)  # applies `recipe`, checks the schema and every method's own Settings
+if isinstance(_LAYERED.get("from_records"), str):
+    if _LAYERED["from_records"].lower() not in ("true", "false"):
+        raise ValueError(f"--config from_records={_LAYERED['from_records']}: write from_records=true or false")
+    _LAYERED["from_records"] = _LAYERED["from_records"].lower() == "true"
+CFG = reports.load_config(_LAYERED)  # recipe, schema, each target's experiments entry, every method's Settings
+# the jobs' `snakemake.config` is this resolved, validated config: a job reads the keys it needs
+# (a location, e.g. data_root, which is deliberately not a param) and never validates it again
+config.clear()
+config.update(CFG)
 PATHS = CFG["paths"]
 EXE = CFG["execution"]
 TARGETS = reports.configured(CFG)  # every table and figure whose experiments entry this config has

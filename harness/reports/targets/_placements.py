@@ -19,7 +19,7 @@ PLACEMENT_SCHEMA = {
 
 
 def method_of(config: dict, exp: dict) -> str:
-    return exp.get("method") or config.get("proposed", "smt")
+    return exp.get("method") or config["proposed"]
 
 
 def runs(config: dict, exp: dict) -> list[str]:

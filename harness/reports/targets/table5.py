@@ -38,7 +38,7 @@ def runs(config, exp) -> list[str]:
         for budget in exp["budgets"]:
             out += hc.run_ids(config, exp["model"], exp["dataset"], method, budget, seeds=exp.get("seeds"))
     for budget in exp["smt_best_budgets"]:
-        out += hc.run_ids(config, exp["model"], exp["dataset"], config.get("proposed", "smt"), budget,
+        out += hc.run_ids(config, exp["model"], exp["dataset"], config["proposed"], budget,
                           seeds=exp.get("seeds"))
     return out
 
