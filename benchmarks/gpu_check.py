@@ -813,12 +813,26 @@ def _run_part(fn, *a) -> dict:
                 "seconds": None}
 
 
+def _percent(text: str) -> float:
+    """--budget-pct: a percent; below 0.1 it is almost surely a fraction and is refused naming both readings."""
+    from harness.config import MIN_PERCENT
+
+    value = float(text)
+    if not 0 < value <= 50:
+        raise argparse.ArgumentTypeError(f"{text}: a budget in percent of all parameters, in (0, 50]")
+    if value < MIN_PERCENT:
+        raise argparse.ArgumentTypeError(f"{value:g} read as percent is {value:g} % (a 100x smaller run than "
+                                         f"{value * 100:g} %); if you meant the fraction {value:g} write {value * 100:g}")
+    return value
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="directory for gpu_check.json, table1_gpu.md and pytest_cuda.xml")
     p.add_argument("--tiny", action="store_true", help="tiny shapes (the default without a CUDA device)")
     p.add_argument("--limit-s", type=float, default=None, help="time limit of the whole check (default 480; tiny 300)")
-    p.add_argument("--budget", type=float, default=0.84, help="Table 1's budget in percent (default 0.84)")
+    p.add_argument("--budget-pct", "--budget", dest="budget", type=_percent, default=0.84,
+                   help="Table 1's budget in percent of all parameters, as in the configs (default 0.84)")
     p.add_argument("--methods", nargs="+", default=TABLE1_METHODS, choices=TABLE1_METHODS)
     p.add_argument("--layers", type=int, default=None, help="decoder layers of the model (default: full depth, "
                    "fewer after an out-of-memory error)")

@@ -53,7 +53,7 @@ def resolved_runs():
     """(config file, run id, resolved run config as the train job sees it) of every run."""
     out = []
     for path in CONFIGS:
-        cfg = reports.load_config(hc.load_yaml_strict(REPO / path))
+        cfg = reports.load_config(hc.load_layered(REPO / path))
         ids = sorted({r for t in reports.configured(cfg) if t != "table1" for r in reports.expand_runs(cfg, t)}
                      | {hc.profile_run_id(cfg, m, meth) for m, meth in reports.expand_profiles(cfg)})
         for rid in ids:

@@ -26,7 +26,7 @@ CLOZE = REPO_ROOT / "config/test-cloze.yaml"
 
 
 def cfg_of(path=CLOZE, **changes):
-    raw = yaml.safe_load(pathlib.Path(path).read_text())
+    raw = hc.load_layered(path)  # an overlay of config/test.yaml (`extends`)
     raw.update(changes)
     return raw
 

@@ -192,8 +192,9 @@ def load_config(src, experiments: dict) -> dict:
         config = load_layered(src)
     else:
         config = copy.deepcopy(dict(src))
-        if "extends" in config:
-            config = resolve_extends(config, pathlib.Path.cwd() / "<config given as a mapping>")
+        if EXTENDS in config:  # relative to what? only a file knows where it is
+            raise ConfigError(f"a config given as a mapping has `{EXTENDS}: {config[EXTENDS]}`, which is relative to "
+                              "the file that names it: pass the file's path, or load it with load_layered first")
     config = apply_recipe(config)
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     schema["properties"]["experiments"]["properties"] = {name: copy.deepcopy(owner.SCHEMA)
