@@ -2,8 +2,8 @@
 # A single-node SLURM cluster on this machine, for the SLURM test tier (tests/test_slurm_cluster.py)
 # and for trying the cluster profile without a cluster. Needs root and Debian's packages:
 #   apt-get install -y --no-install-recommends slurm-wlm slurmdbd munge mariadb-server
-# Writes every file under $SMT_SLURM_DIR (default /tmp/smt-slurm) and touches nothing in /etc but
-# reads /etc/munge/munge.key (made by the munge package). Starts munged, MariaDB (private data
+# Writes every file under $SMT_SLURM_DIR (default /tmp/smt-slurm) and links its configuration
+# files into /etc/slurm (refusing when another configuration is there); reads /etc/munge/munge.key. Starts munged, MariaDB (private data
 # directory, port $SMT_SLURM_DB_PORT), slurmdbd (the accounting that sacct and the executor plugin
 # read), slurmctld and slurmd, with one node `localhost` (this machine's CPUs and memory) in two
 # partitions: `cpu` (default) and `gpu`, the latter with a `gpu` GRES of empty placeholder files (no
@@ -115,6 +115,19 @@ StoragePass=slurm
 StorageLoc=slurm_acct_db
 CONF
 chmod 600 "$DIR/etc/slurmdbd.conf"
+# The commands inside a job (srun, run by the executor plugin's job step) read the default
+# /etc/slurm/slurm.conf: slurmd does not hand SLURM_CONF to the job ("fetch_config: DNS SRV lookup
+# failed"). So the files are linked there, unless another cluster's configuration is in the way.
+for f in slurm.conf gres.conf cgroup.conf slurmdbd.conf; do
+  if [ -e "/etc/slurm/$f" ] && [ "$(readlink "/etc/slurm/$f")" != "$DIR/etc/$f" ]; then
+    case "$(readlink "/etc/slurm/$f")" in
+      */etc/"$f") ;;   # a link left by an earlier cluster of this script: replaced
+      *) die "/etc/slurm/$f exists and is not this script's: this machine has its own SLURM configuration";;
+    esac
+  fi
+done
+mkdir -p /etc/slurm
+for f in slurm.conf gres.conf cgroup.conf slurmdbd.conf; do ln -sfn "$DIR/etc/$f" "/etc/slurm/$f"; done
 export SLURM_CONF=$DIR/etc/slurm.conf
 
 # --- daemons: slurmdbd, the cluster and account in it, slurmctld, slurmd

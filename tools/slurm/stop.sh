@@ -12,5 +12,8 @@ stop() {  # pid file
   rm -f "$1"
 }
 stop "$DIR/slurmd.pid"; stop "$DIR/slurmctld.pid"; stop "$DIR/slurmdbd.pid"; stop "$DIR/run/mariadbd.pid"
+for f in slurm.conf gres.conf cgroup.conf slurmdbd.conf; do   # start.sh's links, only these
+  [ "$(readlink "/etc/slurm/$f" 2>/dev/null)" = "$DIR/etc/$f" ] && rm -f "/etc/slurm/$f"
+done
 [ "${1:-}" = --purge ] && rm -rf "$DIR"
 echo "tools/slurm/stop.sh: stopped the cluster in $DIR"
