@@ -7,6 +7,16 @@ import sys
 
 sys.path.insert(0, workflow.basedir)  # harness importable before `pip install -e .`
 
+# Jobs run the interpreter that runs this Snakemake (issue 31): its directory goes first on PATH,
+# so `python`, `accelerate` and `torchrun` in shell rules are this environment's even when it is
+# not activated (`/path/venv/bin/python -m snakemake ...`); `script:` rules already run
+# sys.executable. Jobs inherit the variable (locally, and on SLURM through sbatch's environment,
+# where the job's own Snakemake sets it again). A conda environment (--sdm conda) still wins: the
+# job activates it in front of this. Not a rule parameter, so moving the venv reruns nothing.
+JOB_BIN = os.path.dirname(sys.executable)
+if os.environ.get("PATH", "").split(os.pathsep)[0] != JOB_BIN:
+    os.environ["PATH"] = os.pathsep.join([JOB_BIN, os.environ.get("PATH", "")]).rstrip(os.pathsep)
+
 from harness import config as hc
 from harness import lr_sweep
 from harness import reports
