@@ -1,8 +1,10 @@
 """The cloze endpoint (issue 31, item 4): how acc_norm counts an option's length, and a declared
 primary metric other than the default (`primary_metric: acc`) reaching what is counted correct.
 
-lm-eval's acc_norm (ConfigurableTask.process_results) divides each option's summed
-log-likelihood by `len(choice)` of the Python string: characters, not UTF-8 bytes and not tokens.
+lm-eval's acc_norm (ConfigurableTask.process_results, lm_eval/api/task.py: `completion_len =
+len(i) for i in choices`, `pred_norm = argmax(lls / completion_len)`) divides each option's summed
+log-likelihood by the length of the Python string: characters, not UTF-8 bytes (that is lm-eval's
+separate `acc_bytes`) and not tokens.
 The mirror's options are ASCII, where characters and bytes agree, so the distinction is pinned
 here with options that are not. `primary_metric: acc` must make the evaluation count acc's pick
 (the summed log-likelihood) as the prediction and as correct, in every row and in the summary.
