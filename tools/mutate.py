@@ -286,8 +286,12 @@ def plant(text: str, m: Mutant) -> tuple[str | None, str]:
 
 
 def _compiles(text: str, name: str) -> None:
-    """compile() the mutated file (SyntaxError if it does not), without its warnings."""
+    """compile() the mutated file (SyntaxError if it does not), without its warnings. Only Python
+    files: a Snakemake file (.smk, Snakefile) is not Python; its mutants are checked by running."""
     import warnings
+
+    if not name.endswith(".py"):
+        return
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
