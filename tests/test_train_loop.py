@@ -21,6 +21,22 @@ LR = {"full_ft": 3e-3, "lora": 5e-2, "dora": 5e-2, "smt": 5e-2, "vera": 5e-2}
 
 
 
+def die_after_checkpoint(monkeypatch, at_step):
+    """Interrupt the run (KeyboardInterrupt, as SIGINT/SIGTERM do) once, right after its checkpoint of
+    at_step is complete (harness.checkpoint's last fault point, "saved"); later runs go through.
+    Returns the real save_checkpoint (for callers that put it back)."""
+    real_fault, fired = checkpoint_mod.fault_point, []
+
+    def fault(point, step):
+        real_fault(point, step)
+        if point == "saved" and step == at_step and not fired:
+            fired.append(step)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint_mod, "fault_point", fault)
+    return checkpoint_mod.save_checkpoint
+
+
 def make_cfg(env, name, steps=12, **train):
     return tiny_run_cfg(env, name, LR[name], smt_warmup=3, deviations=["tiny test run"], max_steps=steps, **train)
 
@@ -71,19 +87,10 @@ def test_method_trains_and_delta_reloads(tiny_env, tmp_path, monkeypatch, name):
 def test_resume_matches_uninterrupted(tiny_env, tmp_path, monkeypatch, name):
     cfg = make_cfg(tiny_env, name, steps=10, checkpoint_every=4)
     full = train(cfg, tmp_path / "full")
-    real_save = checkpoint_mod.save_checkpoint
-
-    def save_then_die(out_dir, model, opt, sched, state):
-        path = real_save(out_dir, model, opt, sched, state)
-        if state["step"] == 8:
-            raise KeyboardInterrupt
-        return path
-
-    monkeypatch.setattr(checkpoint_mod, "save_checkpoint", save_then_die)
+    die_after_checkpoint(monkeypatch, 8)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "cut")
     assert json.loads((tmp_path / "cut" / "record.json").read_text())["run_info"]["status"] == "interrupted"
-    monkeypatch.setattr(checkpoint_mod, "save_checkpoint", real_save)
     resumed = train(cfg, tmp_path / "cut")
     assert resumed["train_info"]["resumed_from_step"] == 8
     attempts = resumed["run_info"]["attempts"]
