@@ -421,9 +421,9 @@ def run_dir(config: dict, run_id: str) -> str:
 
 
 def model_spec(config: dict, model: str) -> dict:
-    """The model source spec handed to harness.models.prepare_model (without dtype)."""
+    """The model source spec handed to harness.models.prepare_model (without dtype and deviations)."""
     _need(config, "models", model, "model")
-    return {k: v for k, v in config["models"][model].items() if k != "dtype"}
+    return {k: v for k, v in config["models"][model].items() if k not in ("dtype", "deviations")}
 
 
 def dataset_spec(config: dict, dataset: str) -> dict:
@@ -494,7 +494,8 @@ def resolve_run(config: dict, run_id: str):
             method = dataclasses.replace(method, lr=parts["lr"])
         placement = Placement(name=parts["placement"], target_modules=target_modules(place),
                               quotas=copy.deepcopy(place.get("quotas")))
-        deviations = list(config["deviations"]) + list(method_entry(config, parts["method"]).get("deviations", []))
+        deviations = list(model.get("deviations", [])) + list(config["deviations"]) \
+            + list(method_entry(config, parts["method"]).get("deviations", []))
     if "protocol" in dataset_spec(config, parts["dataset"]):
         deviations.append(CLOZE_DEVIATION)
     # threads are an execution resource, not part of the experiment: the job script takes them
@@ -532,7 +533,8 @@ def _zero_shot_cfg(config: dict, parts: dict) -> tuple:
     from harness.run_config import MethodRef, Placement
 
     return (MethodRef.from_json({"name": ZERO_SHOT, "variant": ZERO_SHOT, "lr": 0.0}),
-            Placement(name=ZERO_SHOT_PLACEMENT, target_modules=[], quotas=None), list(config["deviations"]))
+            Placement(name=ZERO_SHOT_PLACEMENT, target_modules=[], quotas=None),
+            list(config["models"][parts["model"]].get("deviations", [])) + list(config["deviations"]))
 
 
 def profile_run_id(config: dict, model: str, method: str) -> str:
