@@ -142,6 +142,21 @@ def test_budget_targets_reach_q_k_and_v(gemma_env, name):
         assert method.plan.n_blocks == int(0.05 * total // 256)
 
 
+def test_table1_profile_measures_every_arm_on_gemma3(gemma_env, tmp_path):
+    """Table 1's side-by-side profile (the frozen floor's embedding hook included) on Gemma 3."""
+    import harness.profile as prof
+
+    methods = ["full_ft", "smt", "lora", "dora"]
+    out = tmp_path / "table1.json"
+    prof.profile_table1({m: tiny_run_cfg(gemma_env, m, 1e-3) for m in methods},
+                        {"steps": 2, "warmup_steps": 1, "batch_size": 2, "seq_len": 300}, out)
+    doc = json.loads(out.read_text())
+    assert doc["order"] == [prof.FLOOR] + methods
+    for name, arm in doc["arms"].items():
+        assert len(arm["step_seconds"]) == 2 and all(t > 0 for t in arm["step_seconds"]), name
+        assert arm["memory"]["param_bytes"] > 0
+
+
 # ------------------------------------------------------------------ SMT: block gradients are the dense ones
 def _selected(model, **kw):
     cfg = smt.SMTConfig(**{"block_size": 16, "budget": 0.05, "warmup_steps": 2, "warmup_mode": "grad_only",
