@@ -419,6 +419,7 @@ class ClozeScorer:
         self.head = model.get_output_embeddings()
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.max_len = getattr(model.config, "max_position_embeddings", None)
+        self.window = sliding_window(model.config)
         self.stats = {"forwarded_tokens": 0, "padded_tokens": 0, "head_positions": 0, "unique_tokens": 0,
                       "attention_pairs": 0}
 
@@ -470,9 +471,12 @@ class ClozeScorer:
                 off += n
             for q in range(t, tmax):  # padding rows attend to themselves only (ignored)
                 allow[e, q, q] = True
-        mask = torch.zeros(allow.shape, dtype=dtype).masked_fill_(~allow, torch.finfo(dtype).min)
+        mask = _additive(allow, dtype)[:, None].to(dev)
+        if self.window is not None:  # sliding-window layers (Gemma 3): one mask per layer type
+            near = (pos[:, :, None] - pos[:, None, :]) < self.window  # by each token's own position
+            mask = {"full_attention": mask, "sliding_attention": _additive(allow & near, dtype)[:, None].to(dev)}
         with torch.no_grad():
-            hid = self.body(input_ids=ids.to(dev), attention_mask=mask[:, None].to(dev),
+            hid = self.body(input_ids=ids.to(dev), attention_mask=mask,
                             position_ids=pos.to(dev), use_cache=False).last_hidden_state
             keys = list(heads)
             rows_h = hid[torch.tensor([k[0] for k in keys]), torch.tensor([k[1] for k in keys])]
@@ -492,6 +496,26 @@ class ClozeScorer:
         self.stats["padded_tokens"] += len(items) * tmax
         self.stats["head_positions"] += len(heads)
         return out_rows
+
+
+def _additive(allow, dtype):
+    import torch
+
+    return torch.zeros(allow.shape, dtype=dtype).masked_fill_(~allow, torch.finfo(dtype).min)
+
+
+def sliding_window(config) -> int | None:
+    """The window of a model whose layers include sliding-window attention (Gemma 3: `layer_types`
+    with "sliding_attention"), else None. The packed scorer hands such a model one mask per layer
+    type, the sliding one keeping a key only when query position - key position < window (as
+    transformers' `sliding_window_overlay`); a custom 4D mask alone would bypass the window."""
+    types = getattr(config, "layer_types", None) or ()
+    window = getattr(config, "sliding_window", None)
+    if "sliding_attention" not in types:
+        return None
+    if not window:
+        raise ValueError(f"{type(config).__name__}: sliding_attention layers without a sliding_window")
+    return int(window)
 
 
 def non_embedding_params(model) -> int:

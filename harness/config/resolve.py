@@ -54,7 +54,7 @@ def run_dir(config: dict, run_id: str) -> str:
 def model_spec(config: dict, model: str) -> dict:
     """The model source spec handed to harness.models.prepare_model (without dtype)."""
     need(config, "models", model, "model")
-    return {k: v for k, v in config["models"][model].items() if k != "dtype"}
+    return {k: v for k, v in config["models"][model].items() if k not in ("dtype", "deviations")}
 
 
 def dataset_spec(config: dict, dataset: str) -> dict:
@@ -101,7 +101,8 @@ def resolve_run(config: dict, run_id: str):
             method = dataclasses.replace(method, lr=parts["lr"])
         placement = Placement(name=parts["placement"], target_modules=target_modules(place),
                               quotas=copy.deepcopy(place.get("quotas")))
-        deviations = list(config["deviations"]) + list(method_entry(config, parts["method"]).get("deviations", []))
+        deviations = list(model.get("deviations", [])) + list(config["deviations"]) \
+            + list(method_entry(config, parts["method"]).get("deviations", []))
     if "protocol" in dataset_spec(config, parts["dataset"]):
         deviations.append(CLOZE_DEVIATION)
     # threads are an execution resource, not part of the experiment: the job script takes them
@@ -137,7 +138,8 @@ def _zero_shot_cfg(config: dict, parts: dict) -> tuple:
         raise ConfigError(f"a {ZERO_SHOT} run has budget 0, placement {ZERO_SHOT_PLACEMENT!r} and no learning rate; "
                           f"got lr {parts['lr']}, b{parts['budget']}/{parts['placement']}")
     return (MethodRef.from_json({"name": ZERO_SHOT, "variant": ZERO_SHOT, "lr": 0.0}),
-            Placement(name=ZERO_SHOT_PLACEMENT, target_modules=[], quotas=None), list(config["deviations"]))
+            Placement(name=ZERO_SHOT_PLACEMENT, target_modules=[], quotas=None),
+            list(config["models"][parts["model"]].get("deviations", [])) + list(config["deviations"]))
 
 
 def profile_run_id(config: dict, model: str, method: str) -> str:
