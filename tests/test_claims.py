@@ -345,3 +345,26 @@ def test_committed_claims_table_says_when_the_margin_was_declared():
     # every run the rows read is in the table's run list, and nothing else
     read = {r.rid for ts in expected_terms().values() for g, _ in ts for r in g}
     assert set(runs) == read
+
+
+@pytest.mark.skipif(not RUNS.is_dir(), reason="no committed records under results/runs")
+def test_a_claim_without_usable_runs_is_not_tested_and_leaves_the_family():
+    """Without the V SMT run, 'V > Q' and 'V > K' say "not tested" with the reason, and Holm's
+    family shrinks to the claims tested (the other rows' Holm p-values are recomputed over 8)."""
+    from harness import lr_sweep
+    from harness import reports
+
+    cfg = {k: v for k, v in hc.load_config(CFG).items() if k != "data_root"}
+    cfg = lr_sweep.with_choice(cfg, lr_sweep.read_choice(REPO / "results" / lr_sweep.FILE))
+    ids = [r for r in reports.expand_runs(cfg, "claims") if hc.parse_run_id(r)["placement"] != "v"]
+    df, _, _ = reports.build_table("claims", cfg, [RUNS / r / "record.json" for r in ids])
+    rows = {r["Claim"]: r for r in df.to_dict("records")}
+    for name in ("V > Q", "V > K"):
+        assert rows[name]["Verdict"].startswith("not tested") and rows[name]["Estimate [95 %]"] == "n/a"
+    assert any("v_vs_q: not tested (no runs" in n for n in df.attrs["footnotes"]), df.attrs["footnotes"]
+    tested = [r for r in rows.values() if not r["Verdict"].startswith("not tested")]
+    ps = [float(re.match(r"^<?(\d\.\d+)", r["p (Holm)"]).group(1)) for r in tested]
+    holm = [float(re.search(r"\(<?(\d\.\d+)\)$", r["p (Holm)"]).group(1)) for r in tested]
+    assert len(tested) == 8 and holm == pytest.approx(cl.holm(ps), abs=1e-3)
+    smallest = min(range(8), key=lambda i: ps[i])
+    assert holm[smallest] == pytest.approx(min(1.0, 8 * ps[smallest]), abs=1e-3)
