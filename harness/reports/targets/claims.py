@@ -35,7 +35,9 @@ scaled to another design: SE^2 = sum over groups of s2_seed / seeds + sum over t
 where s2_seed is the between-seed variance of the macro average on the same test examples (pooled
 over every group of the claims' runs that has two seeds or more: one seed says nothing about it)
 and v_t the variance over task t's examples of the signed per-example combination of the groups'
-seed means. "to resolve" gives, for 1, 3 and 10 seeds per group, the examples per task at which the
+seed means (an approximation on the safe side: with one seed the per-example term also holds the
+seed's own noise, counted again in s2_seed; the zero-shot model, not trained, has no seed term).
+"to resolve" gives, for 1, 3 and 10 seeds per group, the examples per task at which the
 MDE reaches the paper's own effect (PAPER_EFFECTS, from the paper's tables; for the likeness claim:
 the TOST's power at the paper's difference with margin delta); "never" where the seeds alone leave
 too much spread.
