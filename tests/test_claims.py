@@ -368,3 +368,14 @@ def test_a_claim_without_usable_runs_is_not_tested_and_leaves_the_family():
     assert len(tested) == 8 and holm == pytest.approx(cl.holm(ps), abs=1e-3)
     smallest = min(range(8), key=lambda i: ps[i])
     assert holm[smallest] == pytest.approx(min(1.0, 8 * ps[smallest]), abs=1e-3)
+
+
+def test_a_claim_whose_runs_the_config_lacks_is_a_config_error_naming_it():
+    raw = hc.load_yaml_strict(REPO / "config" / "test.yaml")
+    assert cl.claim_names(hc.load_config(raw), raw["experiments"]["claims"]) == list(cl.CLAIMS)
+    del raw["experiments"]["table6"]
+    assert "v_vs_q" not in cl.claim_names(hc.load_config(raw), raw["experiments"]["claims"])  # default: dropped
+    raw["experiments"]["claims"]["claims"] = ["v_vs_q"]
+    with pytest.raises(hc.ConfigError, match=r"experiments\.claims\.claims: 'v_vs_q' reads the runs of "
+                                             r"experiments\.table6"):
+        hc.load_config(raw)
