@@ -21,6 +21,7 @@ from harness import reports
 
 # paper table -> the targets that show it; the figures sit with the table whose runs they draw
 REPORT_GROUPS = {
+    "claims": ("Claims of the paper: verdicts", "table"),
     "table1": ("Table 1: step time and memory", "table"),
     "lr_sweep": ("Learning rates tuned per method", "table: the sweep on the validation split"),
     "table2": ("Table 2: commonsense at equal budget", "table"),
