@@ -54,7 +54,7 @@ def _sinfo_ok(env) -> bool:
 def cluster(request, tmp_path_factory):
     """The SLURM_CONF environment of a running cluster; started here (and stopped) when none runs."""
     if "slurm" not in (request.config.getoption("markexpr") or "") and os.environ.get("SMT_SLURM_TEST") != "1":
-        pytest.skip("the SLURM tier runs on request only (~20 min): pytest -m slurm, or SMT_SLURM_TEST=1")
+        pytest.skip("the SLURM tier runs on request only (~40 min on 2 shared cores): pytest -m slurm, or SMT_SLURM_TEST=1")
     env = dict(os.environ)
     if env.get("SLURM_CONF") and _sinfo_ok(env):
         yield env
