@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 
 from harness import config as hc
+from harness.reports import load_config as _load_config
 from harness.reports.targets import claims as cl
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -257,7 +258,7 @@ def table():
     from harness import lr_sweep
     from harness import reports
 
-    cfg = {k: v for k, v in hc.load_config(CFG).items() if k != "data_root"}
+    cfg = {k: v for k, v in _load_config(CFG).items() if k != "data_root"}
     cfg = lr_sweep.with_choice(cfg, lr_sweep.read_choice(REPO / "results" / lr_sweep.FILE))
     ids = reports.expand_runs(cfg, "claims")
     df, run_ids, _ = reports.build_table("claims", cfg, [RUNS / r / "record.json" for r in ids])
@@ -354,7 +355,7 @@ def test_a_claim_without_usable_runs_is_not_tested_and_leaves_the_family():
     from harness import lr_sweep
     from harness import reports
 
-    cfg = {k: v for k, v in hc.load_config(CFG).items() if k != "data_root"}
+    cfg = {k: v for k, v in _load_config(CFG).items() if k != "data_root"}
     cfg = lr_sweep.with_choice(cfg, lr_sweep.read_choice(REPO / "results" / lr_sweep.FILE))
     ids = [r for r in reports.expand_runs(cfg, "claims") if hc.parse_run_id(r)["placement"] != "v"]
     df, _, _ = reports.build_table("claims", cfg, [RUNS / r / "record.json" for r in ids])
@@ -372,10 +373,10 @@ def test_a_claim_without_usable_runs_is_not_tested_and_leaves_the_family():
 
 def test_a_claim_whose_runs_the_config_lacks_is_a_config_error_naming_it():
     raw = hc.load_yaml_strict(REPO / "config" / "test.yaml")
-    assert cl.claim_names(hc.load_config(raw), raw["experiments"]["claims"]) == list(cl.CLAIMS)
+    assert cl.claim_names(_load_config(raw), raw["experiments"]["claims"]) == list(cl.CLAIMS)
     del raw["experiments"]["table6"]
-    assert "v_vs_q" not in cl.claim_names(hc.load_config(raw), raw["experiments"]["claims"])  # default: dropped
+    assert "v_vs_q" not in cl.claim_names(_load_config(raw), raw["experiments"]["claims"])  # default: dropped
     raw["experiments"]["claims"]["claims"] = ["v_vs_q"]
     with pytest.raises(hc.ConfigError, match=r"experiments\.claims\.claims: 'v_vs_q' reads the runs of "
                                              r"experiments\.table6"):
-        hc.load_config(raw)
+        _load_config(raw)

@@ -16,6 +16,7 @@ import pytest
 from conftest import MIRROR, needs_mirror
 from harness import cloze
 from harness import config as hc
+from harness.reports import load_config as _load_config
 from harness.cloze import ClozeDoc
 
 
@@ -55,7 +56,7 @@ def acc_study(tiny_model_dir, tmp_path_factory):
         pytest.skip(f"offline data mirror not found at {MIRROR}")
     raw = hc.load_yaml_strict(hc.REPO_ROOT / "config" / "test-cloze.yaml")
     raw["primary_metric"] = "acc"
-    cfg = hc.load_config(raw)
+    cfg = _load_config(raw)
     eval_cfg = {**hc.eval_cfg(cfg, "commonsense"), "limit": 4}
     out = tmp_path_factory.mktemp("cloze_acc")
     model, tok = load_model(tiny_model_dir, "float32", "cpu")

@@ -15,6 +15,7 @@ import shutil
 import pytest
 
 from harness import config as hc
+from harness.reports import load_config as _load_config
 from harness import forgetting as fg
 from harness import lr_sweep
 from harness.reports.runs import load_run
@@ -26,7 +27,7 @@ CLOZE = hc.REPO_ROOT / "config" / "test-cloze.yaml"
 def sweep_config(**changes):
     raw = hc.load_yaml_strict(CLOZE)
     raw.update(changes)
-    return hc.load_config(raw)
+    return _load_config(raw)
 
 
 def write_sweep(root, cfg, accuracy, status=None):
@@ -113,7 +114,7 @@ WEIGHTS = {"model.safetensors": "a" * 64}
 def forgetting_world(tmp_path, after=None, base_weights=WEIGHTS):
     """Three seeds of one LoRA configuration under <results>/runs, the base value of model tiny on
     gsm8k_test, and eval/forgetting.json for the seeds in `after` ({seed: loss after})."""
-    cfg = hc.load_config({**hc.load_config(hc.REPO_ROOT / "config/test.yaml"), "seeds": [0, 1, 2]})
+    cfg = _load_config({**_load_config(hc.REPO_ROOT / "config/test.yaml"), "seeds": [0, 1, 2]})
     results = tmp_path / "results"
     rids = hc.run_ids(cfg, "tiny", "commonsense", "lora", 2.0)
     assert len(rids) == 3

@@ -12,6 +12,7 @@ Every expected number is recomputed from the prediction files (test_report_table
 import pytest
 
 from harness import config as hc
+from harness.reports import load_config as _load_config
 from harness import reports
 from harness.reports.runs import method_label
 from test_report_tables import _seeds, macro, parse_cell, write_runs
@@ -38,7 +39,7 @@ def cfg():
     raw["models"]["tiny2"] = {**raw["models"]["tiny"], "seed": 1}
     raw["experiments"]["table3"]["models"] = list(MODELS)
     raw["seeds"] = [0, 1]
-    return hc.load_config(raw)
+    return _load_config(raw)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +105,7 @@ def test_smt_at_a_baselines_reached_budget_is_the_closest_by_ratio(cfg, tmp_path
     """LoRA's best (2 % asked) reached 2.9 %; SMT reached 1.96 % and 3.92 %: 3.92 / 2.9 = 1.35 is a
     smaller step than 2.9 / 1.96 = 1.48 (though 2.9 - 1.96 < 3.92 - 2.9), so SMT at LoRA's best
     budget is SMT at 4 %."""
-    one = hc.load_config({**cfg, "experiments": {**cfg["experiments"],
+    one = _load_config({**cfg, "experiments": {**cfg["experiments"],
                                                  "table3": {**cfg["experiments"]["table3"], "models": ["tiny"]}}})
     rids = reports.expand_runs(one, "table2")
     reached = {r: 0.029 for r in rids if "/lora/b2.00/" in r}

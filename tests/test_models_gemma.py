@@ -22,6 +22,7 @@ import baselines
 import smt
 from baselines.base import count_params
 from conftest import make_tiny_env, tiny_run_cfg
+from harness.run_config import as_run_config
 from harness import models as hm
 from harness.models import load_model, prepare_model
 
@@ -101,7 +102,7 @@ def test_every_method_trains_and_its_delta_reloads(gemma_env, tmp_path, monkeypa
     assert 0 < rec["run_info"]["budget_reached"] <= 1
     base, tok = load_model(gemma_env / "model", "float32", "cpu")
     base_loss = batch_loss(base, tok, gemma_env)
-    method = cls(cfg)
+    method = cls(as_run_config(cfg))
     tuned = method.merge(method.load(base, tmp_path / "delta"))
     assert type(tuned).__name__ == "Gemma3ForCausalLM"
     reloaded = batch_loss(tuned, tok, gemma_env)
@@ -121,7 +122,7 @@ def test_budget_targets_reach_q_k_and_v(gemma_env, name):
     budget is a share of the tied-once total."""
     model, _ = load_model(gemma_env / "model", "float32", "cpu")
     total = count_params(model)
-    method = baselines.get_method(name)(tiny_run_cfg(gemma_env, name, 5e-2, smt_warmup=2))
+    method = baselines.get_method(name)(as_run_config(tiny_run_cfg(gemma_env, name, 5e-2, smt_warmup=2)))
     if method.warmup_steps:
         method.begin_warmup(model)
         ids = torch.randint(4, 260, (2, 24), generator=torch.Generator().manual_seed(0))
@@ -358,9 +359,10 @@ def test_the_installed_package_holds_the_pinned_gguf(tmp_path, monkeypatch):
 
 def test_the_gemma_config_overlay_is_valid_and_names_the_deviation():
     from harness import config as hc
+    from harness import reports
 
     root = pathlib.Path(__file__).resolve().parents[1]
-    cfg = hc.load_config(root / "config" / "gemma.yaml")
+    cfg = reports.load_config(root / "config" / "gemma.yaml")
     assert hc.model_spec(cfg, "gemma3-270m") == {"source": "gemma3-270m"}
     assert cfg["paths"]["results"] != "results" and cfg["paths"]["figures"] != "figures"
     for run_id in (hc.zero_shot_run_id(cfg, "gemma3-270m", "commonsense"),
