@@ -27,10 +27,8 @@ def main(argv):
     out = pathlib.Path(tempfile.mkdtemp(prefix="rebuild-"))
     bad = 0
     for target in report_targets():
-        if target == "table1":
-            records = [str(res / "profile" / config["experiments"]["table1"]["model"] / "table1.json")]
-        else:
-            records = [str(res / "runs" / r / "record.json") for r in expand_runs(config, target)]
+        records = report.files(config, target) or [str(res / "runs" / r / "record.json")
+                                                    for r in expand_runs(config, target)]
         params = {k: v for k, v in config.items() if k != "data_root"}
         if target.startswith("table"):
             report.make_table(target, params, records, out / target)

@@ -14,6 +14,15 @@ from harness.reports.write import plt as _plt
 KIND = "figure"
 EXPERIMENT = "table2"
 TITLE = "Accuracy against trainable parameters, step time, training memory and forgetting (one point per run)"
+SHOWS_FORGETTING = True  # its inputs include the base model's forgetting values (workflow/rules/forgetting.smk)
+SECTION = ("Table 2: commonsense at equal budget", "figure: accuracy against cost and forgetting")  # the report's category and subcategory
+CAPTION = """\
+Accuracy against trainable parameters, step time, training memory and forgetting (change of the mean token loss on held-out text outside the training domain, after minus before fine-tuning), one point per run of Table 2; runs without a forgetting measurement are not drawn on that axis.
+
+**Runs:** {{ snakemake.params.facts.runs }}; **seeds:** {{ snakemake.params.facts.seeds }}; **n:** {{ snakemake.params.facts.n }} (config ``{{ snakemake.params.facts.config }}``). The n and seeds each row or point actually has are in the table's ``n`` and ``seeds`` columns or drawn under the figure.
+
+**Bars:** 95 % intervals: a bootstrap over test examples stratified by task (hierarchical over seeds when there are several); the dashed line is the label prior (always the most frequent label of each task). The caption drawn under the figure gives the measured n and seeds; the numbers drawn are in ``{{ snakemake.params.target }}.data.csv`` next to the PNG.
+"""  # the report's caption (a Jinja template over snakemake.params.facts)
 
 
 def runs(config, exp) -> list[str]:

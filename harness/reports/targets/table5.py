@@ -11,6 +11,14 @@ from harness.reports.runs import method_label
 KIND = "table"
 TITLE = ("Table 5: arithmetic reasoning accuracy (%): best of each method over the budgets; "
          "SMT − X: paired difference")
+SECTION = ("Table 5: arithmetic", "table")  # the report's category and subcategory
+CAPTION = """\
+Table 5: arithmetic reasoning accuracy (%), best budget of each method.
+
+**Runs:** {{ snakemake.params.facts.runs }}; **seeds:** {{ snakemake.params.facts.seeds }}; **n:** {{ snakemake.params.facts.n }} (config ``{{ snakemake.params.facts.config }}``). The n and seeds each row or point actually has are in the table's ``n`` and ``seeds`` columns or drawn under the figure.
+
+**Intervals:** 95 %: Wilson for one task; for averages a bootstrap over test examples stratified by task (over seeds and examples when there are several seeds); differences are paired bootstraps over the same examples; "best" only where the difference is significant. Footnotes, the config's and the runs' deviations from the paper and the run ids are printed under the table.
+"""  # the report's caption (a Jinja template over snakemake.params.facts)
 SCHEMA = {
     "description": "Arithmetic reasoning.",
     "type": "object", "additionalProperties": False,
