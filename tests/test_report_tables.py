@@ -71,8 +71,7 @@ def write_runs(root, cfg, run_ids, accuracy=default_accuracy, status=None, degen
         record = {"run_info": {"run_id": rid, "method": p["method"], "budget_asked": p["budget"],
                                "budget_reached": frac, "seed": p["seed"], "status": st, "error": err,
                                "deviations": [f"dev of {p['method']}"],
-                               "config": {"method": {"name": p["method"], "scoring": "mean_abs",
-                                                     "warmup_mode": "full_ft", "warmup_steps": 2}}},
+                               "config": hc.resolve_run(cfg, rid).to_json()},  # as the train job writes it
                   "train_info": {"steps": 10, "train_seconds": 5.0 if p["method"] != "full_ft" else 20.0,
                                  "adapter_bytes": 2**20, "trainable_params": 1000, "peak_memory_bytes": 2**26,
                                  **train_info.get(rid, {})}}

@@ -43,7 +43,7 @@ def frame(ctx: Ctx) -> pd.DataFrame:
             for g in ctx.groups([r for r in mruns if r.method == method], sweep["dataset"]):
                 if g.ok:
                     rows.append({"model": model, "method": method, "label": method_label(ctx.config, method),
-                                 "budget": g.runs[0].parts["budget"], "reached": g.reached, **est_row(g)})
+                                 "budget": g.runs[0].budget, "reached": g.reached, **est_row(g)})
     return pd.DataFrame(rows, columns=["model", "method", "label", "budget", "reached", "acc", "lo", "hi",
                                        "spread", "seeds", "n"])
 

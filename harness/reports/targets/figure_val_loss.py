@@ -37,9 +37,9 @@ def frame(ctx: Ctx) -> pd.DataFrame:
     rows = []
     for r in ctx.runs:
         for point in r.record.get("train_info", {}).get("val_curve") or []:
-            rows.append({"run_id": r.run_id, "model": r.parts["model"], "method": r.method,
-                         "label": method_label(ctx.config, r.method), "budget": r.parts["budget"],
-                         "seed": r.parts["seed"], "step": point["step"], "val_loss": point["val_loss"],
+            rows.append({"run_id": r.run_id, "model": r.model, "method": r.method,
+                         "label": method_label(ctx.config, r.method), "budget": r.budget,
+                         "seed": r.seed, "step": point["step"], "val_loss": point["val_loss"],
                          "prior_level": r.record.get("train_info", {}).get("val_prior_loss")})
     return pd.DataFrame(rows, columns=["run_id", "model", "method", "label", "budget", "seed", "step", "val_loss",
                                        "prior_level"])

@@ -131,7 +131,7 @@ def build(ctx: Ctx) -> pd.DataFrame:
             block[-1][diff_col] = fmt_diff(paired(own_best, block[-1].get("_group"), ctx.notes))
         mark_best(block)
         for row in block:  # the rate each row ran at, where the run ids name it (experiments.lr_sweep's choice)
-            rates = {r.parts["lr"] for r in row["_group"].runs} - {None} if row.get("_group") else set()
+            rates = {r.lr_named for r in row["_group"].runs} - {None} if row.get("_group") else set()
             if rates:
                 row["lr"] = "/".join(hc.lr_label(v) for v in sorted(rates)) + " (chosen on validation)"
         if ctx.exp.get("zero_shot"):  # the reference every method must clear; not a contender for best

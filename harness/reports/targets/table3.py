@@ -50,7 +50,7 @@ def build(ctx: Ctx) -> pd.DataFrame:
         mruns = ctx.select(model=model, dataset=dataset)
         by_method = {}
         for method in sweep["methods"]:
-            groups = {hc.budget_label(g.runs[0].parts["budget"]): g
+            groups = {hc.budget_label(g.runs[0].budget): g
                       for g in ctx.groups([r for r in mruns if r.method == method], dataset)}
             by_method[method] = groups
             row = {"Model": model, "Method": method_label(ctx.config, method)}

@@ -62,14 +62,14 @@ def build(ctx: Ctx) -> pd.DataFrame:
     rows, groups = [], {}
     for method in exp["methods"]:
         g = best_group(ctx.groups([r for r in mruns if r.method == method
-                                   and hc.budget_label(r.parts["budget"]) in budgets], dataset))
+                                   and hc.budget_label(r.budget) in budgets], dataset))
         groups[method] = g
         name = method_label(ctx.config, method) + ("" if method == proposed else " (Best)")
         rows.append(method_row(ctx, {"Model": model, "Method": name}, g, tasks, prior))
     if exp.get("smt_best_budgets"):
         extra = {hc.budget_label(b) for b in exp["smt_best_budgets"]} | budgets
         g = best_group(ctx.groups([r for r in mruns if r.method == proposed
-                                   and hc.budget_label(r.parts["budget"]) in extra], dataset))
+                                   and hc.budget_label(r.budget) in extra], dataset))
         rows.append(method_row(ctx, {"Model": model, "Method": f"{plabel} (Best)"}, g, tasks, prior))
     if proposed in groups:
         for row, method in zip(rows, exp["methods"]):
