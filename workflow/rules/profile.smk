@@ -20,7 +20,7 @@ for _target in [t for t in TARGETS if reports.target(t).has("profile_job")]:
             f"{BENCH}/profile/{_job['model']}/{_target}.tsv"
         params:
             runs=_job["runs"],
-            table1=_job["settings"],
+            settings=_job["settings"],
         threads: _job["threads"]
         resources:
             mem_mb=mem("profile"),
