@@ -42,7 +42,8 @@ def write_runs(root, cfg, run_ids, skip_eval=()):
         (run_dir / "eval").mkdir(parents=True)
         reached = None if p["budget"] is None else p["budget"] / 100 * 0.98
         record = {"run_info": {"run_id": rid, "method": p["method"], "budget_asked": p["budget"],
-                               "budget_reached": reached, "seed": p["seed"], "status": "ok", "deviations": []},
+                               "budget_reached": reached, "seed": p["seed"], "status": "ok", "deviations": [],
+                               "config": hc.resolve_run(cfg, rid).to_json()},  # as the train job writes it
                   "train_info": {"budget_reached": reached}, "meta_info": {}}
         (run_dir / "record.json").write_text(json.dumps(record))
         paths.append(run_dir / "record.json")

@@ -143,6 +143,14 @@ PAPER_EFFECTS = {
     "smt_vs_zero_shot": {},  # the paper reports no zero-shot row
 }
 
+SECTION = ("Claims of the paper: verdicts", "table")  # the report's category and subcategory
+CAPTION = """\
+The paper's claims, each a declared test on the primary endpoint: one row per claim and model with the paper's words and section, the contrast tested, the paper's own effect, the paired difference with its 95 % and 90 % intervals, the equivalence margin δ, the p of the claim's test (Holm-corrected over the claims of one model), the verdict (supported / contradicted / equivalent within ±δ / inconclusive) and whether the paper's claim holds, the minimum detectable effect at 80 % power, the seeds × test examples per task that would resolve the paper's effect, and the runs read. The rule, δ and its reason, and whether δ was declared after the runs were seen are printed under the table (settings: ``experiments.claims``; the tests: ``harness/reports/targets/claims.py``).
+
+**Runs:** {{ snakemake.params.facts.runs }}; **seeds:** {{ snakemake.params.facts.seeds }}; **n:** {{ snakemake.params.facts.n }} (config ``{{ snakemake.params.facts.config }}``).
+
+**Intervals:** paired bootstraps over the same test examples (stratified by task; over seeds and examples when there are several seeds), the replicates Tables 2-6 use for the same differences.
+"""  # the report's caption (a Jinja template over snakemake.params.facts)
 SCHEMA = {
     "description": "The paper's claims as declared tests (harness/reports/targets/claims.py): the decision "
                    "rule's settings, fixed before the table is read.",
