@@ -425,8 +425,8 @@ def _contrasts(ctx: Ctx, name: str) -> list[tuple[str, list[tuple[Group | None, 
 
             def gain(method):
                 groups = sub.groups([r for r in mruns if r.method == method], dataset)
-                big = [g for g in groups if float(g.runs[0].parts["budget"]) == top]
-                small = best_group([g for g in groups if float(g.runs[0].parts["budget"]) < top])
+                big = [g for g in groups if float(g.runs[0].budget) == top]
+                small = best_group([g for g in groups if float(g.runs[0].budget) < top])
                 return [(big[0] if big else None, 1.0), (small, -1.0)]
 
             terms = gain(proposed)
@@ -453,7 +453,7 @@ def _runs_read(terms) -> str:
             parts.append(("− " if sign < 0 else "+ ") + "(none)")
             continue
         stem = "/".join(g.runs[0].run_id.split("/")[2:-1])
-        seeds = ",".join(str(r.parts["seed"]) for r in g.runs)
+        seeds = ",".join(str(r.seed) for r in g.runs)
         parts.append(("− " if sign < 0 else "+ ") + f"{stem} s{seeds}")
     text = " ".join(parts)
     return text[2:] if text.startswith("+ ") else text
