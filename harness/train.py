@@ -290,7 +290,10 @@ def _train(run, out_dir: pathlib.Path, record: dict, attempt: dict, attempts: li
 def _finish(loop: Loop, model) -> None:
     """Save the delta, fill train_info, drop the checkpoints (unless train.keep_checkpoints)."""
     method, s, t, acc, info, out_dir = loop.method, loop.state, loop.run.train, loop.acc, loop.info, loop.out_dir
-    delta = method.save(model, out_dir / "delta")
+    delta = out_dir / "delta"
+    if acc.is_main_process:  # one writer: every rank holds the same trained parameters
+        delta = method.save(model, delta)
+    acc.wait_for_everyone()  # no rank reads or reports the delta before it is complete
     delta_files = file_sizes(out_dir / "delta")
     info.update({"steps": s.step, "warmup_steps": method.warmup_steps, "micro_batch_size": t.micro_batch_size,
                  "grad_accum": t.grad_accum, "num_processes": acc.num_processes, "engine": launch.describe(acc),

@@ -54,7 +54,7 @@ def acc_study(tiny_model_dir, tmp_path_factory):
 
     if not (MIRROR / "llm-adapters").is_dir():
         pytest.skip(f"offline data mirror not found at {MIRROR}")
-    raw = hc.load_yaml_strict(hc.REPO_ROOT / "config" / "test-cloze.yaml")
+    raw = hc.load_layered(hc.REPO_ROOT / "config" / "test-cloze.yaml")
     raw["primary_metric"] = "acc"
     cfg = _load_config(raw)
     eval_cfg = {**hc.eval_cfg(cfg, "commonsense"), "limit": 4}

@@ -25,7 +25,7 @@ CLOZE = hc.REPO_ROOT / "config" / "test-cloze.yaml"
 
 
 def sweep_config(**changes):
-    raw = hc.load_yaml_strict(CLOZE)
+    raw = hc.load_layered(CLOZE)
     raw.update(changes)
     return _load_config(raw)
 

@@ -13,6 +13,10 @@ sys.path.insert(0, workflow.basedir)  # harness importable before `pip install -
 # sys.executable. Jobs inherit the variable (locally, and on SLURM through sbatch's environment,
 # where the job's own Snakemake sets it again). A conda environment (--sdm conda) still wins: the
 # job activates it in front of this. Not a rule parameter, so moving the venv reruns nothing.
+envvars:
+    "PATH",
+
+
 JOB_BIN = os.path.dirname(sys.executable)
 if os.environ.get("PATH", "").split(os.pathsep)[0] != JOB_BIN:
     os.environ["PATH"] = os.pathsep.join([JOB_BIN, os.environ.get("PATH", "")]).rstrip(os.pathsep)
