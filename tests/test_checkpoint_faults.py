@@ -72,6 +72,7 @@ FAST_POINTS = ("after_weights", "after_switch")   # the fast tier's; every point
 
 @pytest.mark.parametrize("point", [p if p in FAST_POINTS else pytest.param(p, marks=pytest.mark.slow)
                                    for p in FAULT_POINTS])
+@pytest.mark.slow
 def test_a_kill_at_any_point_of_a_save_resumes_exactly(tiny_env, tmp_path, uninterrupted, point, monkeypatch):
     from harness.train import train
     cfg, out = make_cfg(tiny_env), tmp_path / "run"
@@ -90,6 +91,7 @@ def test_a_kill_at_any_point_of_a_save_resumes_exactly(tiny_env, tmp_path, unint
     assert got["delta"] == uninterrupted["delta"], point
 
 
+@pytest.mark.slow
 def test_resume_reads_only_what_the_pointer_names_and_removes_leftovers(tiny_env, tmp_path, uninterrupted):
     """A killed save's directory (complete or not) that LATEST does not name is never read and is
     removed at start-up; a checkpoint named by LATEST but incomplete means a fresh start, saying why."""

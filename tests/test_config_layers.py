@@ -132,6 +132,7 @@ def test_the_merged_config_is_validated(tmp_path):
         reports.load_config(write(tmp_path / "typo.yaml", f"extends: {rel}\ntrain: {{micro_bach_size: 2}}\n"))
 
 
+@pytest.mark.slow
 def test_snakemake_configfile_with_extends(tmp_path):
     """`snakemake --configfile mine.yaml` reads the overlay (the Snakefile resolves `extends`)."""
     rel = os.path.relpath(REPO / "config/test.yaml", tmp_path)

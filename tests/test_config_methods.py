@@ -177,6 +177,7 @@ def test_table2_extra_rows(raw):
     assert "tiny/commonsense/smt/b3.00/qkv/s0" not in reports.expand_runs(cfg, "table3")
 
 
+@pytest.mark.slow
 def test_snakemake_refuses_a_duplicate_key_in_the_configfile(tmp_path):
     """Snakemake parses --configfile itself (last key wins); common.smk re-reads it strictly."""
     import subprocess

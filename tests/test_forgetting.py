@@ -95,6 +95,7 @@ def test_held_out_texts_are_pinned_and_disjoint_from_both_training_mixtures(data
     assert not leaked, leaked[:2]
 
 
+@pytest.mark.slow
 @needs_mirror
 def test_a_trained_run_forgets_and_the_report_joins_after_minus_base(tiny, data_root, tmp_path):
     from harness.evaluate import evaluate_run, trained_model

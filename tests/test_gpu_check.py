@@ -53,6 +53,7 @@ def _schema_errors(d):
     return list(jsonschema.Draft202012Validator(gpu_check.load_schema()).iter_errors(d))
 
 
+@pytest.mark.slow
 def test_command_runs_without_deepspeed_lm_eval_snakemake_and_validates(run):
     doc, out, _ = run
     assert doc["format"] == gpu_check.FORMAT and doc["mode"] == "tiny" and doc["device"]["type"] == "cpu"

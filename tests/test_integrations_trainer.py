@@ -295,6 +295,7 @@ def worker(spec_path):
         {"plan": res["plan"], "loss_curve": res["loss_curve"], "world": world}))
 
 
+@pytest.mark.slow
 def test_two_processes_same_plan_on_every_rank_and_as_the_harness(env, tmp_path):
     """torchrun --nproc_per_node 2 (gloo, CPU), micro-batch 4 per rank, against the harness in one
     process with grad_accum 2 x micro-batch 4: the same global batches. Every rank holds the same plan,

@@ -142,6 +142,7 @@ def test_the_test_set_is_scored_only_at_a_chosen_rate():
 
 # --- the tiny cloze study, through Snakemake --------------------------------------------------------
 
+@pytest.mark.slow
 def test_dry_run_of_the_default_config_stops_at_the_choice():
     res = snakemake("-n", "--forceall", "table2")
     assert res.returncode == 0, res.stderr[-3000:]

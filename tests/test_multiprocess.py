@@ -23,6 +23,8 @@ import pytest
 import torch
 from harness.run_config import as_run_config
 
+pytestmark = pytest.mark.slow  # multi-process / subprocess-heavy: the slow tier
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LOSS_TOL = 2e-4      # absolute, per logged step (fp32; reduction order differs across processes)
 LOGIT_TOL = 1e-2     # absolute, max over a fixed batch's logits of the reloaded delta (measured <= 2e-3: DoRA)

@@ -5,6 +5,10 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # plants mutants in a copy of the repository and runs their tests
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 

@@ -117,6 +117,7 @@ def test_a_cloze_run_trains_and_is_evaluated_by_option_loglikelihoods(configs, t
     assert trained != untrained and base_result["protocol"]["name"] == "cloze"
 
 
+@pytest.mark.slow
 def test_the_dag_plans_cloze_preparation_with_its_spec(tmp_path):
     """snakemake -n with --config protocol=cloze: the prepare job's spec says cloze (a dry run)."""
     import subprocess

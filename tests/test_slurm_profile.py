@@ -129,6 +129,7 @@ def test_paper_plan_routes_every_gpu_job_to_a_gpu_partition(paper_plan, defined_
     assert routing_errors(PROFILE, paper_plan, defined_rules) == []
 
 
+@pytest.mark.slow
 def test_sweep_plan_routes_evaluate_val_to_a_gpu_partition(tmp_path, defined_rules):
     (tmp_path / "gpu.yaml").write_text("execution: {gpus: 1}\n")
     plan = dry_run(PROFILE, "--forceall", "--configfile", "config/config.yaml", str(tmp_path / "gpu.yaml"),
@@ -137,6 +138,7 @@ def test_sweep_plan_routes_evaluate_val_to_a_gpu_partition(tmp_path, defined_rul
     assert routing_errors(PROFILE, plan, defined_rules) == []
 
 
+@pytest.mark.slow
 def test_the_old_per_rule_profile_is_caught(tmp_path, defined_rules):
     """The profile before issue 31: a cpu default and per-rule GPU partitions, one of them for a
     rule that does not exist. The check must name the misrouted rules and the unknown one."""

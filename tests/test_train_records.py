@@ -165,6 +165,7 @@ def run_script(cfg, out_dir, **popen):
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
+@pytest.mark.slow
 def test_job_script_exits_0_for_failed_and_diverged_runs_and_keeps_history(tiny_env, tmp_path):
     model, tok = load_model(tiny_env / "model", "float32", "cpu")
     with torch.no_grad():
@@ -188,6 +189,7 @@ def test_job_script_exits_0_for_failed_and_diverged_runs_and_keeps_history(tiny_
     assert "nope.json" in record(tmp_path / "fail")["run_info"]["traceback"]
 
 
+@pytest.mark.slow
 def test_sigterm_interrupts_the_job_and_keeps_checkpoints(tiny_env, tmp_path):
     cfg = make_cfg(tiny_env, "lora", steps=400, checkpoint_every=1)
     out = tmp_path / "run"

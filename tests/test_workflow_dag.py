@@ -20,6 +20,7 @@ def job_counts(stdout: str) -> dict:
 
 @pytest.mark.parametrize("configfile, trains", [("config/generative.yaml", 25), ("config/test.yaml", 19),
                                                 ("config/paper.yaml", 103)])
+@pytest.mark.slow
 def test_dry_run_all(configfile, trains):
     res = snakemake("-n", "--forceall", f"--configfile={configfile}", "all")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -41,6 +42,7 @@ def test_dry_run_table2_needs_only_its_runs():
     assert counts["train"] == 10 and "profile_table1" not in counts and "table3" not in counts
 
 
+@pytest.mark.slow
 def test_slurm_profile_dry_run():
     res = snakemake("-n", "--forceall", "--configfile=config/paper.yaml", "--profile", "workflow/profiles/slurm",
                     "table6")
