@@ -333,4 +333,4 @@ def accuracy_axis(config: dict, dataset: str) -> str:
         metric = f"cloze {config.get('primary_metric') or 'acc_norm'}"
     else:
         metric = "generative accuracy (exact label)"
-    return f"{metric}, macro average over {n} task{'s' if n != 1 else ''} (%)"
+    return f"{metric},\nmacro average over {n} task{'s' if n != 1 else ''} (%)"

@@ -53,10 +53,12 @@ def draw(ctx: Ctx):
     plt = _plt()
     data = frame(ctx)
     peft = data.method != hc.FULL_FT
-    axes_spec = [("trainable_params", "trainable parameters (log scale)", True, None),
-                 ("trainable_params", "trainable parameters, without full FT (millions)", False, peft),
-                 ("step_seconds", "seconds per training step", False, None),
-                 ("peak_memory_mb", "training peak memory (MB)", False, None), (*forgetting.PARETO_AXIS, None)]
+    params = data.trainable_params.dropna().astype(float)
+    wide = len(params) and params.max() > 10 * params.min()  # full FT beside the PEFT runs: a log axis too
+    axes_spec = ([("trainable_params", "trainable parameters (log scale)", True, None)] if wide else []) + [
+        ("trainable_params", "trainable parameters" + (", without full FT" if wide else "") + " (millions)", False,
+         peft), ("step_seconds", "seconds per training step", False, None),
+        ("peak_memory_mb", "training peak memory (MB)", False, None), (*forgetting.PARETO_AXIS, None)]
     fig, grid = plt.subplots(2, 3, figsize=(13, 7.5), sharey=True)
     axes = list(grid.flat[:len(axes_spec)])
     handles = {}
@@ -71,6 +73,8 @@ def draw(ctx: Ctx):
                 handles.setdefault(sub.label.iloc[0], h)
         if log and data[col].notna().any():
             ax.set_xscale("log")
+        if not data[col].notna().any():  # e.g. forgetting, for runs evaluated before it was measured
+            ax.text(0.5, 0.5, "not measured in these runs", transform=ax.transAxes, ha="center", fontsize=8)
         ax.set_xlabel(name, fontsize=8)
         ax.grid(alpha=0.3)
     # the level every run must clear to have learned more than the label shares (a run below it
@@ -92,9 +96,9 @@ def draw(ctx: Ctx):
     datasets = list(dict.fromkeys(r.dataset for r in ctx.runs)) or [None]
     for ax in grid[:, 0]:
         ax.set_ylabel(accuracy_axis(ctx.config, datasets[0]) if datasets[0] else "accuracy (%)", fontsize=8)
-    for ax in grid.flat[len(axes_spec):]:  # the free panel holds the legend, off the data
+    for ax in grid.flat[len(axes_spec):]:  # the free panels: the last holds the legend, off the data
         ax.set_axis_off()
-        ax.legend(list(handles.values()), list(handles), title="method", loc="center", fontsize=8)
+    grid.flat[-1].legend(list(handles.values()), list(handles), title="method", loc="center", fontsize=8)
     return fig, data, (interval_caption(data).replace("mean accuracy over seeds", "one run")
                        + f"; dashed: the {PRIOR_ROW} (always the most frequent label of each task)"
                        + ("; dotted: the zero-shot base model" if zero_levels else "") + forgetting.pareto_caption(data))
