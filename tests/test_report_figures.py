@@ -35,7 +35,9 @@ def test_figure3_draws_each_method_at_its_reached_budget_with_intervals(tmp_path
     assert "n = 320" in caption and "seeds = 2" in caption and "95 %" in caption
     out = report.make_figure("figure3", cfg, paths, tmp_path / "fig" / "figure3")
     assert [p.suffix for p in out] == [".png", ".pdf"] and all(p.stat().st_size > 1000 for p in out)
-    assert (tmp_path / "fig" / "figure3.data.csv").read_text().count("\n") == 3 + 1 + 6  # title, caption, commits the records ran at; columns; rows
+    text = (tmp_path / "fig" / "figure3.data.csv").read_text()
+    assert text.count("\n") == 4 + 1 + 6  # title, caption, commits the records ran at, deviations; columns; rows
+    assert text.splitlines()[3].startswith("# deviations: ")
 
 
 def test_placement_figures_show_accuracy_per_placement(tmp_path, cfg):
@@ -62,7 +64,16 @@ def test_val_loss_figure_uses_the_recorded_curves_and_skips_runs_without(tmp_pat
     _, frame, _ = report.figure_data("figure_val_loss", cfg, paths)
     assert sorted(frame.run_id.unique()) == sorted([rids[0], rids[-1]])
     assert list(frame[frame.run_id == rids[-1]].val_loss) == [3.1, 2.0, 1.5]
+    _, _, caption = report.figure_data("figure_val_loss", cfg, paths)
+    assert "no label-prior level" in caption  # nothing recorded: said, not drawn
     report.make_figure("figure_val_loss", cfg, paths, tmp_path / "fig" / "val")
+    # the label prior's loss recorded (train_info.val_prior_loss): a dashed line at it in each panel
+    prior = {r: {**c, "val_prior_loss": 0.75} for r, c in curves.items()}
+    fig, frame, caption = report.figure_data("figure_val_loss", cfg, write_runs(tmp_path / "prior", cfg, rids,
+                                                                                 train_info=prior))
+    assert set(frame.prior_level) == {0.75} and "dashed" in caption
+    for ax in fig.axes:
+        assert [ln.get_ydata()[0] for ln in ax.get_lines() if ln.get_linestyle() == "--"] == [0.75]
     none = write_runs(tmp_path / "none", cfg, rids)  # no curves at all: an empty figure, not an error
     _, frame, caption = report.figure_data("figure_val_loss", cfg, none)
     assert frame.empty and "no validation curves" in caption
@@ -88,12 +99,14 @@ def test_pareto_has_one_point_per_evaluated_run(tmp_path, cfg):
         labels = [json.loads(line)["label"] for line in pred.read_text().splitlines()]
         shares.append(max(labels.count(v) for v in set(labels)) / len(labels))
     level = 100 * float(np.mean(shares))
-    for ax in fig.axes:
+    panels = [ax for ax in fig.axes if ax.axison]  # the free panel holds the legend
+    assert len(panels) == 4  # one run records trainable parameters: no log panel beside the linear one
+    for ax in panels:
         flat = [ln for ln in ax.get_lines() if len(set(ln.get_ydata())) == 1]
         assert any(ln.get_ydata()[0] == pytest.approx(level) for ln in flat), ax.get_xlabel()
     assert PRIOR_ROW in caption
     zero_level = macro(tmp_path, [zero])[0]
-    for ax in fig.axes:
+    for ax in panels:
         flat = [ln for ln in ax.get_lines() if len(set(ln.get_ydata())) == 1]
         assert any(ln.get_ydata()[0] == pytest.approx(zero_level) for ln in flat), ax.get_xlabel()
     assert "zero-shot" in caption
@@ -102,12 +115,22 @@ def test_pareto_has_one_point_per_evaluated_run(tmp_path, cfg):
 
 def test_figure7_shows_each_variant_with_size_and_step_time(tmp_path, cfg):
     rids = report.expand_runs(cfg, "figure7")
-    ti = {r: {"adapter_bytes": 3 * 2**20} for r in rids if "/smt_random/" in r}
+    ti = {r: {"adapter_bytes": 3 * 2**20, "adapter_files": {"smt_delta.safetensors": 3 * 2**20}}
+          for r in rids if "/smt_random/" in r}
+    ti.update({r: {"adapter_bytes": 7 * 2**20, "adapter_files": {"smt_delta.safetensors": 2 * 2**20,
+                                                                  "warmup_weights.pt": 5 * 2**20}}
+               for r in rids if "/smt/" in r})
     paths = write_runs(tmp_path, cfg, rids, train_info=ti)
-    _, frame, _ = report.figure_data("figure7", cfg, paths)
+    fig, frame, _ = report.figure_data("figure7", cfg, paths)
     assert list(frame.variant) == cfg["experiments"]["table7"]["methods"]
     rnd = frame.set_index("variant").loc["smt_random"]
     assert rnd.delta_mb == pytest.approx(3.0) and rnd.step_seconds == pytest.approx(0.5)
+    assert rnd.blocks_mb == pytest.approx(3.0) and rnd.warmup_weights_mb == 0
+    smt = frame.set_index("variant").loc["smt"]  # the full-FT warm-up's weights apart from the blocks
+    assert (smt.delta_mb, smt.blocks_mb, smt.warmup_weights_mb) == pytest.approx((7.0, 2.0, 5.0))
+    sizes = fig.axes[1]
+    heights = sorted(round(b.get_height(), 6) for b in sizes.patches if b.get_height() == b.get_height())
+    assert 2.0 in heights and 5.0 in heights and 7.0 not in heights  # two bars, not one total
     mean, _ = macro(tmp_path, _seeds(cfg, "tiny", "commonsense", "smt_random", 2.0, "qkv"))
     assert rnd.acc == pytest.approx(mean)
     report.make_figure("figure7", cfg, paths, tmp_path / "fig" / "figure7")

@@ -553,6 +553,23 @@ def test_figure3_frame_recomputed():
         check_est_cols(rec, g, f"figure3 {rec['method']} {rec['budget']}")
 
 
+def test_figure3_point_at_a_table2_budget_is_the_mean_over_table2s_seeds():
+    """Table 2's cells are seed means: Figure 3's point at the same (method, budget) is the same
+    mean over the same seeds, not the sweep's seed 0 alone."""
+    f = frame("figure3")
+    t2, sweep = CFG["experiments"]["table2"], CFG["experiments"]["table3"]
+    seeds = sorted(t2.get("seeds") or CFG["seeds"])
+    budgets = [float(b) for b in t2.get("budgets") or sweep["budgets"]]
+    assert len(seeds) > 1, "the committed study has several seeds at Table 2's budget"
+    t2_runs = runs_of("table2")
+    for rec in f.to_dict("records"):
+        if float(rec["budget"]) not in budgets:
+            continue
+        g = by(t2_runs, model=rec["model"], method=rec["method"], budget=float(rec["budget"]))
+        assert sorted(r.seed for r in g) == seeds and rec["seeds"] == len(seeds), rec
+        assert near(rec["acc"], 100 * np.mean([r.macro() for r in g]), 1e-9), rec
+
+
 def _layer_counts(plan):
     """{(projection, layer): blocks} from plan.json's module names."""
     out = Counter()
@@ -607,7 +624,8 @@ def test_figure7_frame_recomputed():
     f = frame("figure7")
     runs = runs_of("figure7")
     exp = CFG["experiments"]["table7"]
-    assert list(f.columns) == ["variant", "label", "acc", "lo", "hi", "spread", "seeds", "n", "delta_mb", "step_seconds"]
+    assert list(f.columns) == ["variant", "label", "acc", "lo", "hi", "spread", "seeds", "n", "delta_mb", "blocks_mb",
+                               "warmup_weights_mb", "step_seconds"]
     assert list(f.variant) == list(exp["methods"])
     for rec in f.to_dict("records"):
         g = by(runs, method=rec["variant"], budget=float(exp["budget"]))
@@ -642,6 +660,23 @@ def test_figure_val_loss_frame_recomputed():
     got = [(rec["run_id"], rec["method"], rec["label"], int(rec["seed"]), rec["step"], rec["val_loss"],
             rec["prior_level"]) for rec in f.to_dict("records")]
     assert got == expected and len(got) > 0
+    # the label prior's loss is recorded in this (generative) study: drawn, one dashed level per panel
+    levels = {r.ti.get("val_prior_loss") for r in runs} - {None}
+    assert levels and set(f.prior_level) == levels
+    fig, _, caption = report.figure_data("figure_val_loss", CFG, [f"{RUNS_DIR}/{r}/record.json"
+                                                                   for r in report.expand_runs(CFG, "figure_val_loss")])
+    for ax in fig.axes:
+        assert sorted(ln.get_ydata()[0] for ln in ax.get_lines() if ln.get_linestyle() == "--") == sorted(levels)
+    assert "dashed" in caption
+
+
+def test_figure7_delta_size_splits_blocks_from_the_warmup_weights():
+    f = frame("figure7")
+    for rec in f.to_dict("records"):
+        g = by(runs_of("figure7"), method=rec["variant"])
+        files = [r.ti["adapter_files"] for r in g]
+        warm = np.mean([sum(v for k, v in fs.items() if k.startswith("warmup_weights")) for fs in files]) / 2**20
+        assert near(rec["warmup_weights_mb"], warm, 1e-9) and near(rec["delta_mb"], rec["blocks_mb"] + warm, 1e-9)
 
 
 def test_every_registered_table_and_figure_is_recomputed_here():

@@ -323,3 +323,14 @@ def step_seconds(run: Run) -> float | None:
     if ti.get("train_seconds") is None or not ti.get("steps"):
         return None
     return float(ti["train_seconds"]) / float(ti["steps"])
+
+
+def accuracy_axis(config: dict, dataset: str) -> str:
+    """The accuracy axis of a figure, named by the declared endpoint (config protocol and
+    primary_metric): 'cloze acc_norm, macro average over 8 tasks (%)' under cloze."""
+    n = len(config["eval"][config["datasets"][dataset]["suite"]]["tasks"])
+    if config.get("protocol") == "cloze":
+        metric = f"cloze {config.get('primary_metric') or 'acc_norm'}"
+    else:
+        metric = "generative accuracy (exact label)"
+    return f"{metric},\nmacro average over {n} task{'s' if n != 1 else ''} (%)"

@@ -3,6 +3,7 @@ PDF and the data it draws (`.data.csv`); under each: footnotes, the runs' deviat
 from __future__ import annotations
 
 import pathlib
+import re
 import textwrap
 
 import pandas as pd
@@ -63,6 +64,13 @@ def deviations(runs: list[Run]) -> list[str]:
                               + [d for r in runs for e in r.evals.values() for d in (e.get("deviations") or [])]))
 
 
+# the tail of every figure's report caption (its module's CAPTION): the deviations are kept out of
+# the PNG (one provenance line there) and stated here and in the .data.csv header
+DEVIATIONS_CAPTION = """
+**Deviations from the paper** (the config's; the ones each drawn run recorded, its model's and method's included, head ``{{ snakemake.params.target }}.data.csv``): {{ snakemake.config.get("deviations", []) | join("; ") }}
+"""
+
+
 def plt():
     """matplotlib.pyplot with the non-interactive backend."""
     import matplotlib
@@ -75,21 +83,27 @@ def plt():
 
 def write_figure(fig, frame: pd.DataFrame, caption: str, title: str, config: dict, runs: list[Run],
                  out_prefix) -> list[pathlib.Path]:
-    """Write <out_prefix>.png, .pdf and the data drawn as <out_prefix>.data.csv, with the title
-    above the axes and the caption and the runs' deviations below them."""
+    """Write <out_prefix>.png, .pdf and the data drawn as <out_prefix>.data.csv. The image carries
+    the short title above the axes and, below them, the drawn caption (what the points and bars
+    are, n and seeds) and ONE provenance line (config, commits, how many deviations); the
+    deviations themselves are in the .data.csv header and in the report's caption, not drawn."""
     devs = deviations(runs)
     trained = provenance.trained_at([r.record for r in runs])
+    out = pathlib.Path(out_prefix)
     width, height = fig.get_figwidth(), fig.get_figheight()
-    wrapped = textwrap.fill(f"{title} (config {config['name']})", int(width * 11))
-    note = textwrap.fill(caption + (f". Deviations: {'; '.join(devs)}" if devs else "")
-                         + (f". {trained}" if trained else ""), int(width * 16))
+    wrapped = textwrap.fill(f"{title} (config {config['name']})", int(width * 13))
+    commits = re.sub(r" runs?\)", ")", trained.split(" (meta_info")[0]).replace("records trained at: ", "trained at ") \
+        if trained else ""  # the whole line (run counts, what +dirty means) heads the .data.csv
+    prov = " · ".join([f"config {config['name']}",
+                       f"{len(devs)} deviation{'s' if len(devs) != 1 else ''} from the paper"
+                       + (f" (in {out.name}.data.csv)" if devs else "")] + ([commits] if commits else []))
+    note = textwrap.fill(caption, int(width * 16)) + "\n" + textwrap.shorten(prov, int(width * 20), placeholder=" ...")
     title_in, note_in = 0.18 * (wrapped.count("\n") + 1) + 0.1, 0.12 * (note.count("\n") + 1) + 0.1
     fig.set_figheight(height + title_in + note_in)  # room above and below the axes for the text
     total = fig.get_figheight()
     fig.suptitle(wrapped, fontsize=10, y=1 - 0.05 / total, va="top")
     fig.text(0.01, 0.05 / total, note, fontsize=7, va="bottom")
-    fig.tight_layout(rect=(0, note_in / total, 1, 1 - title_in / total))
-    out = pathlib.Path(out_prefix)
+    fig.tight_layout(rect=(0, note_in / total, 1, 1))  # tight_layout keeps clear of the suptitle itself
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out.with_suffix(".png"), out.with_suffix(".pdf")]
     for path in paths:
@@ -97,5 +111,6 @@ def write_figure(fig, frame: pd.DataFrame, caption: str, title: str, config: dic
     plt().close(fig)
     data = out.with_name(out.name + ".data.csv")
     data.write_text(f"# {title} (config {config['name']})\n# {caption}\n"
-                    + (f"# {trained}\n" if trained else "") + frame.to_csv(index=False))
+                    + (f"# {trained}\n" if trained else "")
+                    + f"# deviations: {'; '.join(devs) if devs else 'none recorded'}\n" + frame.to_csv(index=False))
     return paths

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from harness.reports.cells import PRIOR_ROW, Ctx, est_row, interval_caption, prior_level
+from harness.reports.cells import PRIOR_ROW, Ctx, accuracy_axis, est_row, interval_caption, prior_level
 from harness.reports.runs import method_label
 from harness.reports.targets import _placements
 from harness.reports.write import plt as _plt
@@ -32,9 +32,9 @@ def draw(ctx: Ctx, exp: dict):
     level = prior_level(ctx, exp["dataset"], model=exp["model"])
     if level is not None:
         ax.axhline(level, color="grey", ls="--", label=PRIOR_ROW)
-        ax.legend()
-    ax.set_ylabel("average accuracy over tasks (%)")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0, fontsize=8)
+    ax.set_ylabel(accuracy_axis(ctx.config, exp["dataset"]), fontsize=8)
     method = method_label(ctx.config, _placements.method_of(ctx.config, exp))
     ax.set_xlabel(f"placement ({method}, budget {exp['budget']}%)")
     plt.setp(ax.get_xticklabels(), rotation=15, ha="right")
-    return fig, data, interval_caption(ok)
+    return fig, data, interval_caption(ok).replace("points: mean accuracy over seeds; bars:", "bars: mean accuracy over seeds; whiskers:") + (f"; dashed: the {PRIOR_ROW}" if level is not None else "")

@@ -5,21 +5,22 @@ import pandas as pd
 
 from harness import config as hc
 
-from harness.reports.cells import PRIOR_ROW, Ctx, est_row, interval_caption, prior_level
+from harness.reports.cells import PRIOR_ROW, Ctx, accuracy_axis, est_row, interval_caption, prior_level
 from harness.reports.runs import method_label
 from harness.reports.targets._sweep import sweep_runs
+from harness.reports.write import DEVIATIONS_CAPTION
 from harness.reports.write import plt as _plt
 
 KIND = "figure"
-TITLE = "Figure 3: average accuracy against trainable-parameter budget reached"
+TITLE = "Figure 3: accuracy against trainable-parameter budget"
 SECTION = ("Table 3: budget sweep", "figure 3: accuracy against budget")  # the report's category and subcategory
 CAPTION = """\
-Figure 3: average accuracy against the budget reached (% of all parameters), one line per method.
+Figure 3: accuracy (the config's declared endpoint: cloze acc_norm under the cloze protocol, exact-label accuracy under the generative one; macro average over the tasks) against the budget reached (% of all parameters), one line per method. Each point is the mean over the seeds its budget has: the sweep's seeds (experiments.table3.seeds), and at Table 2's budgets Table 2's seeds too, so a point at a Table 2 budget equals Table 2's cell; the seeds of each point are written beside it.
 
 **Runs:** {{ snakemake.params.facts.runs }}; **seeds:** {{ snakemake.params.facts.seeds }}; **n:** {{ snakemake.params.facts.n }} (config ``{{ snakemake.params.facts.config }}``). The n and seeds each row or point actually has are in the table's ``n`` and ``seeds`` columns or drawn under the figure.
 
 **Bars:** 95 % intervals: a bootstrap over test examples stratified by task (hierarchical over seeds when there are several); the dashed line is the label prior (always the most frequent label of each task). The caption drawn under the figure gives the measured n and seeds; the numbers drawn are in ``{{ snakemake.params.target }}.data.csv`` next to the PNG.
-"""  # the report's caption (a Jinja template over snakemake.params.facts)
+""" + DEVIATIONS_CAPTION  # the report's caption (a Jinja template over snakemake.params.facts)
 SCHEMA = {"description": "Accuracy against budget, one line per method.", "type": "object",
           "additionalProperties": False, "required": ["from_sweep"], "properties": {"from_sweep": {"const": "table3"}}}
 
@@ -30,7 +31,13 @@ def check(config, exp) -> None:
 
 
 def runs(config, exp) -> list[str]:
-    return sweep_runs(config)
+    """The sweep's runs, and at Table 2's budgets Table 2's seeds too (its cells are seed means):
+    each point is then the mean of every seed its (method, budget) has, Table 2's number."""
+    out = sweep_runs(config)
+    if "table2" in config["experiments"]:
+        t2 = config["experiments"]["table2"]
+        out += sweep_runs(config, budgets=t2.get("budgets"), seeds=t2.get("seeds") or config["seeds"])
+    return list(dict.fromkeys(out))
 
 
 def frame(ctx: Ctx) -> pd.DataFrame:
@@ -64,9 +71,18 @@ def draw(ctx: Ctx):
         level = prior_level(ctx, sweep["dataset"], model=model)
         if level is not None:
             ax.axhline(level, color="grey", ls="--", label=PRIOR_ROW)
+        if len(sub):  # the seeds behind the points at each budget, on a top axis (off the data)
+            at = sub.groupby("budget").agg(reached=("reached", "mean"), seeds=("seeds", lambda v: sorted(set(v))))
+            top = ax.secondary_xaxis("top")
+            top.set_xticks(list(at.reached), [f"{'/'.join(str(int(v)) for v in s)} seed{'s' if s != [1] else ''}"
+                                              for s in at.seeds], fontsize=7)
+            top.set_xlabel("seeds per point (each point: the mean over them)", fontsize=7)
         ax.set_xlabel("trainable parameters reached (% of all model parameters)")
-        ax.set_ylabel("average accuracy over tasks (%)")
-        ax.set_title(model)
+        ax.set_ylabel(accuracy_axis(ctx.config, sweep["dataset"]), fontsize=8)
+        ax.set_title(model, fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(title="method")
-    return fig, data, interval_caption(data)
+        ax.legend(title="method", loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0, fontsize=8)
+    per_budget = "; ".join(f"{b:g} %: {'/'.join(str(int(s)) for s in sorted(set(g.seeds)))}"
+                           for b, g in data.groupby("budget")) if len(data) else "none"
+    return fig, data, (interval_caption(data) + f" (seeds per point by budget: {per_budget}); dashed: the "
+                       f"{PRIOR_ROW} (always the most frequent label of each task)")

@@ -6,6 +6,7 @@ import pandas as pd
 
 from harness.reports.cells import QKV, Ctx
 from harness.reports.targets import _plan
+from harness.reports.write import DEVIATIONS_CAPTION
 from harness.reports.write import plt as _plt
 
 KIND = "figure"
@@ -17,7 +18,7 @@ Figure 4: where SMT's selected blocks are: layer x Q/K/V map of the blocks' shar
 **Runs:** {{ snakemake.params.facts.runs }}; **seeds:** {{ snakemake.params.facts.seeds }}; **n:** {{ snakemake.params.facts.n }} (config ``{{ snakemake.params.facts.config }}``). The n and seeds each row or point actually has are in the table's ``n`` and ``seeds`` columns or drawn under the figure.
 
 **Bars:** none: counts of selected blocks from the runs' selection plans.
-"""  # the report's caption (a Jinja template over snakemake.params.facts)
+""" + DEVIATIONS_CAPTION  # the report's caption (a Jinja template over snakemake.params.facts)
 SCHEMA = _plan.SMT_RUN_SCHEMA
 
 

@@ -5,6 +5,7 @@ import pandas as pd
 
 from harness.reports.cells import QKV, Ctx
 from harness.reports.targets import _plan
+from harness.reports.write import DEVIATIONS_CAPTION
 from harness.reports.write import plt as _plt
 
 KIND = "figure"
@@ -16,7 +17,7 @@ Figure 5: share of SMT's trainable parameters in Q, K and V.
 **Runs:** {{ snakemake.params.facts.runs }}; **seeds:** {{ snakemake.params.facts.seeds }}; **n:** {{ snakemake.params.facts.n }} (config ``{{ snakemake.params.facts.config }}``). The n and seeds each row or point actually has are in the table's ``n`` and ``seeds`` columns or drawn under the figure.
 
 **Bars:** none: shares computed from the runs' selection plans.
-"""  # the report's caption (a Jinja template over snakemake.params.facts)
+""" + DEVIATIONS_CAPTION  # the report's caption (a Jinja template over snakemake.params.facts)
 SCHEMA = _plan.SMT_RUN_SCHEMA
 
 

@@ -6,23 +6,24 @@ import pandas as pd
 
 from harness import config as hc
 from harness import forgetting
-from harness.reports.cells import PRIOR_ROW, Ctx, est_row, interval_caption, prior_level, step_seconds
+from harness.reports.cells import PRIOR_ROW, Ctx, accuracy_axis, est_row, interval_caption, prior_level, step_seconds
 from harness.reports.runs import method_label
 from harness.reports.targets import table2
+from harness.reports.write import DEVIATIONS_CAPTION
 from harness.reports.write import plt as _plt
 
 KIND = "figure"
 EXPERIMENT = "table2"
-TITLE = "Accuracy against trainable parameters, step time, training memory and forgetting (one point per run)"
+TITLE = "Accuracy against cost and forgetting (one point per run of Table 2)"
 SHOWS_FORGETTING = True  # its inputs include the base model's forgetting values (workflow/rules/forgetting.smk)
 SECTION = ("Table 2: commonsense at equal budget", "figure: accuracy against cost and forgetting")  # the report's category and subcategory
 CAPTION = """\
-Accuracy against trainable parameters, step time, training memory and forgetting (change of the mean token loss on held-out text outside the training domain, after minus before fine-tuning), one point per run of Table 2; runs without a forgetting measurement are not drawn on that axis.
+Accuracy against trainable parameters, step time, training memory and forgetting (change of the mean token loss on held-out text outside the training domain, after minus before fine-tuning), one point per run of Table 2 (each seed its own point; the seeds of a method share its trainable-parameter count, so they stand at one x); runs without a forgetting measurement are not drawn on that axis. Accuracy is the config's declared endpoint (macro average over the tasks). Trainable parameters are drawn twice: on a log axis with full FT, and on a linear axis over the parameter-efficient runs alone, where the methods' counts (about 1.0 to 1.2 million) are told apart.
 
 **Runs:** {{ snakemake.params.facts.runs }}; **seeds:** {{ snakemake.params.facts.seeds }}; **n:** {{ snakemake.params.facts.n }} (config ``{{ snakemake.params.facts.config }}``). The n and seeds each row or point actually has are in the table's ``n`` and ``seeds`` columns or drawn under the figure.
 
 **Bars:** 95 % intervals: a bootstrap over test examples stratified by task (hierarchical over seeds when there are several); the dashed line is the label prior (always the most frequent label of each task). The caption drawn under the figure gives the measured n and seeds; the numbers drawn are in ``{{ snakemake.params.target }}.data.csv`` next to the PNG.
-"""  # the report's caption (a Jinja template over snakemake.params.facts)
+""" + DEVIATIONS_CAPTION  # the report's caption (a Jinja template over snakemake.params.facts)
 
 
 def runs(config, exp) -> list[str]:
@@ -51,18 +52,30 @@ def frame(ctx: Ctx) -> pd.DataFrame:
 def draw(ctx: Ctx):
     plt = _plt()
     data = frame(ctx)
-    axes_spec = [("trainable_params", "trainable parameters", True), ("step_seconds", "seconds per training step", False),
-                 ("peak_memory_mb", "training peak memory (MB)", False), forgetting.PARETO_AXIS]
-    fig, axes = plt.subplots(1, len(axes_spec), figsize=(5 * len(axes_spec), 4.2), sharey=True)
-    for ax, (col, name, log) in zip(axes, axes_spec):
+    peft = data.method != hc.FULL_FT
+    params = data.trainable_params.dropna().astype(float)
+    wide = len(params) and params.max() > 10 * params.min()  # full FT beside the PEFT runs: a log axis too
+    axes_spec = ([("trainable_params", "trainable parameters (log scale)", True, None)] if wide else []) + [
+        ("trainable_params", "trainable parameters" + (", without full FT" if wide else "") + " (millions)", False,
+         peft), ("step_seconds", "seconds per training step", False, None),
+        ("peak_memory_mb", "training peak memory (MB)", False, None), (*forgetting.PARETO_AXIS, None)]
+    fig, grid = plt.subplots(2, 3, figsize=(13, 7.5), sharey=True)
+    axes = list(grid.flat[:len(axes_spec)])
+    handles = {}
+    for ax, (col, name, log, only) in zip(axes, axes_spec):
+        scale = 1e-6 if only is not None else 1.0
         for method in dict.fromkeys(data.method):
-            sub = data[(data.method == method) & data[col].notna()]
+            sub = data[(data.method == method) & data[col].notna() & (True if only is None else only)]
             if len(sub):
-                ax.errorbar(sub[col].astype(float), sub.acc, yerr=[sub.acc - sub.lo, sub.hi - sub.acc], fmt="o",
-                            capsize=3, label=sub.label.iloc[0])
+                h = ax.errorbar(sub[col].astype(float) * scale, sub.acc, yerr=[sub.acc - sub.lo, sub.hi - sub.acc],
+                                fmt="o", capsize=3, color=f"C{list(dict.fromkeys(data.method)).index(method)}",
+                                alpha=0.8, label=sub.label.iloc[0])
+                handles.setdefault(sub.label.iloc[0], h)
         if log and data[col].notna().any():
             ax.set_xscale("log")
-        ax.set_xlabel(name)
+        if not data[col].notna().any():  # e.g. forgetting, for runs evaluated before it was measured
+            ax.text(0.5, 0.5, "not measured in these runs", transform=ax.transAxes, ha="center", fontsize=8)
+        ax.set_xlabel(name, fontsize=8)
         ax.grid(alpha=0.3)
     # the level every run must clear to have learned more than the label shares (a run below it
     # is not a point on any accuracy-cost frontier); one line per dataset drawn
@@ -70,17 +83,22 @@ def draw(ctx: Ctx):
         level = prior_level(ctx, dataset)
         if level is not None:
             for ax in axes:
-                ax.axhline(level, color="grey", ls="--", label=f"{PRIOR_ROW} ({dataset})" if ax is axes[0] else None)
+                h = ax.axhline(level, color="grey", ls="--")
+            handles[f"{PRIOR_ROW} ({dataset})"] = h
     zero_levels = {}
     for r in [r for r in ctx.runs if r.method == hc.ZERO_SHOT]:
         g = ctx.group([r], r.dataset)
         if g.ok:
             zero_levels[r.dataset] = 100 * g.avg["mean"]
             for ax in axes:
-                ax.axhline(zero_levels[r.dataset], color="black", ls=":",
-                           label=f"zero-shot ({r.dataset})" if ax is axes[0] else None)
-    axes[0].set_ylabel("average accuracy over tasks (%)")
-    axes[0].legend(title="method", fontsize=8)
+                h = ax.axhline(zero_levels[r.dataset], color="black", ls=":")
+            handles[f"zero-shot ({r.dataset})"] = h
+    datasets = list(dict.fromkeys(r.dataset for r in ctx.runs)) or [None]
+    for ax in grid[:, 0]:
+        ax.set_ylabel(accuracy_axis(ctx.config, datasets[0]) if datasets[0] else "accuracy (%)", fontsize=8)
+    for ax in grid.flat[len(axes_spec):]:  # the free panels: the last holds the legend, off the data
+        ax.set_axis_off()
+    grid.flat[-1].legend(list(handles.values()), list(handles), title="method", loc="center", fontsize=8)
     return fig, data, (interval_caption(data).replace("mean accuracy over seeds", "one run")
                        + f"; dashed: the {PRIOR_ROW} (always the most frequent label of each task)"
                        + ("; dotted: the zero-shot base model" if zero_levels else "") + forgetting.pareto_caption(data))

@@ -8,19 +8,20 @@ from harness import config as hc
 from harness.reports.cells import Ctx
 from harness.reports.runs import method_label
 from harness.reports.targets._sweep import sweep_runs
+from harness.reports.write import DEVIATIONS_CAPTION
 from harness.reports.write import plt as _plt
 
 KIND = "figure"
 EXPERIMENT = "table3"
-TITLE = "Validation loss (answer tokens of a held-out part of the training data) against step"
+TITLE = "Validation loss against step"
 SECTION = ("Table 3: budget sweep", "figure: validation loss against step")  # the report's category and subcategory
 CAPTION = """\
 Validation loss (answer tokens of a held-out part of the training data) against step, one line per run.
 
 **Runs:** {{ snakemake.params.facts.runs }}; **seeds:** {{ snakemake.params.facts.seeds }}; **n:** {{ snakemake.params.facts.n }} (config ``{{ snakemake.params.facts.config }}``). The n and seeds each row or point actually has are in the table's ``n`` and ``seeds`` columns or drawn under the figure.
 
-**Bars:** none: one line per run; the dashed level is the label prior's loss.
-"""  # the report's caption (a Jinja template over snakemake.params.facts)
+**Bars:** none: one line per run (validation loss: the mean loss on the answer tokens of train.val_records records held out of the training set, the same records for every run). The dashed level is the label prior's loss (train_info.val_prior_loss: every template token certain, the label drawn from its training frequency; harness/train_data.py prior_val_loss), drawn where the records carry it: under the generative protocol. Under the cloze protocol the training target is the gold option's text, not "the correct answer is <label>", so no label-prior loss exists and the records hold none (``prior_level`` empty in the data, and the figure says so).
+""" + DEVIATIONS_CAPTION  # the report's caption (a Jinja template over snakemake.params.facts)
 
 
 def check(config, exp) -> None:
@@ -46,6 +47,8 @@ def frame(ctx: Ctx) -> pd.DataFrame:
 
 
 def draw(ctx: Ctx):
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
     plt = _plt()
     data = frame(ctx)
     methods = list(dict.fromkeys(data.method)) or ["none"]
@@ -54,17 +57,26 @@ def draw(ctx: Ctx):
         axes[0][0].text(0.5, 0.5, "no run recorded a validation curve", ha="center", va="center")
         axes[0][0].set_axis_off()
         return fig, data, "no validation curves in these runs' records"
+    levels = sorted(set(data.prior_level.dropna()))
+    values = list(data.val_loss) + levels
+    log = max(values) > 3 * min(values)  # a log axis only where the losses span a wide range
     for ax, method in zip(axes[0], methods):
         sub = data[data.method == method]
         for run_id, g in sub.groupby("run_id", sort=False):
-            ax.plot(g.step, g.val_loss, marker=".", label=f"b{g.budget.iloc[0]} s{g.seed.iloc[0]}")
+            ax.plot(g.step, g.val_loss, marker=".", label=f"budget {g.budget.iloc[0]:g} %, seed {g.seed.iloc[0]}")
         for level in sorted(set(sub.prior_level.dropna())):
-            ax.axhline(level, color="grey", linestyle="--", linewidth=1, label=f"label prior {level:.3f}")
+            ax.axhline(level, color="grey", linestyle="--", linewidth=1.2, label=f"label prior ({level:.3f})")
         ax.set_title(sub.label.iloc[0])
-        ax.set_xlabel("step")
-        ax.set_yscale("log")  # step 0 (~2.6) would flatten the part that matters, near the prior
+        ax.set_xlabel("training step")
+        if log:  # step 0 (~2.6 against ~0.15 later) would flatten the part that matters, near the prior
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0)))
+            ax.yaxis.set_major_formatter(FormatStrFormatter("%.2g"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("validation loss (log scale)")
-    return fig, data, (f"one line per run ({data.run_id.nunique()} runs); dashed: the validation loss of a "
-                       "label-prior-only model (template exact, label by training frequency)")
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
+    axes[0][0].set_ylabel("validation loss, answer tokens" + (" (log scale)" if log else ""))
+    prior = ("dashed: the validation loss of a label-prior-only model (template exact, label by training "
+             "frequency)" if levels else "no label-prior level: the records carry no train_info.val_prior_loss "
+             "(under the cloze protocol the training target is the option text, which has no label prior)")
+    return fig, data, f"one line per run ({data.run_id.nunique()} runs); {prior}"
