@@ -588,7 +588,7 @@ def _footnotes(ctx: Ctx, exp: dict, delta: float, alpha: float, power: float, se
     if exp.get("margin_declared_after_runs"):
         ctx.notes.mark("the margin δ and this rule were declared after the runs read here had been committed and seen "
                        "(experiments.claims.margin_declared_after_runs: true): these verdicts are not a pre-registered "
-                       "test; runs trained after the margin's commit are")
+                       "test; runs trained after the margin's commit are tested against it as declared")
     sv = "none (no group has two seeds; seed spread taken as 0)" if seed_var is None else \
         f"{math.sqrt(seed_var):.2f} points (SD over seeds, pooled over the groups with several seeds)"
     ctx.notes.mark(
