@@ -361,9 +361,13 @@ def check(config, exp) -> None:
 
 
 def _source_runs(config: dict, source: str) -> list[str]:
-    from harness.reports.targets import table2, table3, table4, table6
+    from harness.reports.targets import table2, table4, table6
 
-    module = {"table2": table2, "table3": table3, "table4": table4, "table6": table6}[source]
+    if source == "table3":  # the sweep's own runs (its seeds): Table 3's cells also pool Table 2's seeds
+        from harness.reports.targets._sweep import sweep_runs
+
+        return sweep_runs(config)
+    module = {"table2": table2, "table4": table4, "table6": table6}[source]
     return module.runs(config, config["experiments"][source])
 
 
@@ -425,8 +429,8 @@ def _contrasts(ctx: Ctx, name: str) -> list[tuple[str, list[tuple[Group | None, 
 
             def gain(method):
                 groups = sub.groups([r for r in mruns if r.method == method], dataset)
-                big = [g for g in groups if float(g.runs[0].parts["budget"]) == top]
-                small = best_group([g for g in groups if float(g.runs[0].parts["budget"]) < top])
+                big = [g for g in groups if float(g.runs[0].budget) == top]
+                small = best_group([g for g in groups if float(g.runs[0].budget) < top])
                 return [(big[0] if big else None, 1.0), (small, -1.0)]
 
             terms = gain(proposed)
@@ -453,7 +457,7 @@ def _runs_read(terms) -> str:
             parts.append(("− " if sign < 0 else "+ ") + "(none)")
             continue
         stem = "/".join(g.runs[0].run_id.split("/")[2:-1])
-        seeds = ",".join(str(r.parts["seed"]) for r in g.runs)
+        seeds = ",".join(str(r.seed) for r in g.runs)
         parts.append(("− " if sign < 0 else "+ ") + f"{stem} s{seeds}")
     text = " ".join(parts)
     return text[2:] if text.startswith("+ ") else text
