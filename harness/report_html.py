@@ -4,6 +4,8 @@
   `# ` header lines that `harness.reports.write.write_table` writes: title, footnotes, deviations, config,
   runs; then the rows), so the report shows the table with its footnotes and deviations exactly
   as the .md/.tex do. Registered with `report()` in workflow/rules/report.smk.
+* `figure_page(png, html, title)`: a figure as a standalone HTML page, its PNG embedded as a data
+  URI: what the report's landing page (workflow/report/workflow.rst) includes of a figure.
 * `caption_facts(config, target)`: what a caption says about a target that the config decides
   before anything runs (the runs, their seeds, n test examples per run, the suites), handed to
   the target's caption template (its module's CAPTION, written to a file by `write_caption`) as
@@ -20,13 +22,23 @@ import pathlib
 from harness import config as hc
 from harness import reports
 
+# every rule under .smt-report: the landing page of `snakemake --report` includes these pages
+# (workflow/report/workflow.rst), so their style must not restyle the report around them
 _STYLE = """
-body { font-family: sans-serif; font-size: 13px; margin: 1em; }
-table { border-collapse: collapse; margin: 0.5em 0; }
-th, td { border: 1px solid #bbb; padding: 2px 6px; text-align: left; white-space: nowrap; }
-th { background: #eee; }
-.notes li, .meta { font-size: 12px; }
+.smt-report { font-family: sans-serif; font-size: 13px; margin: 0.5em 0; }
+.smt-report h2 { font-size: 15px; font-weight: bold; margin: 0.3em 0; }
+.smt-report table { border-collapse: collapse; margin: 0.5em 0; }
+.smt-report th, .smt-report td { border: 1px solid #bbb; padding: 2px 6px; text-align: left; white-space: nowrap; }
+.smt-report th { background: #eee; }
+.smt-report .notes li, .smt-report .meta { font-size: 12px; }
+.smt-report img { max-width: 100%; }
 """
+
+
+def _page(title: str, body: list[str]) -> str:
+    esc = html.escape
+    return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{esc(title)}</title>'
+            f'<style>{_STYLE}</style></head><body><div class="smt-report">{"".join(body)}</div></body></html>\n')
 
 
 def read_table_csv(csv_path) -> tuple[list[str], "object"]:
@@ -58,13 +70,27 @@ def table_page(csv_path, html_path) -> pathlib.Path:
     body = [f"<h2>{esc(title)}</h2>", frame.to_html(index=False, escape=True, border=0)]
     if notes:
         body.append('<ul class="notes">' + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
-    body += [f'<p class="meta">{esc(line)}</p>' for line in devs + cfg]
+    body += [f'<details class="meta"><summary>Deviations from the paper</summary><p>{esc(line)}</p></details>'
+             for line in devs]  # long (the whole list): folded, so the table and its notes fit on a screen
+    body += [f'<p class="meta">{esc(line)}</p>' for line in cfg]
     body.append(f'<details class="meta"><summary>Runs ({len(runs)})</summary><ul>'
                 + "".join(f"<li><code>{esc(r)}</code></li>" for r in runs) + "</ul></details>")
-    page = (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{esc(title)}</title>'
-            f"<style>{_STYLE}</style></head><body>{''.join(body)}</body></html>\n")
+    page = _page(title, body)
     out = pathlib.Path(html_path)
     out.write_text(page)
+    return out
+
+
+def figure_page(png_path, html_path, title: str) -> pathlib.Path:
+    """Write the figure `png_path` as a standalone HTML page, the image embedded as a data URI (so
+    that the landing page of `snakemake --report`, one file, can include it), to `html_path`."""
+    import base64
+
+    data = base64.b64encode(pathlib.Path(png_path).read_bytes()).decode("ascii")
+    esc = html.escape
+    body = [f"<h2>{esc(title)}</h2>", f'<img alt="{esc(title)}" src="data:image/png;base64,{data}">']
+    out = pathlib.Path(html_path)
+    out.write_text(_page(title, body))
     return out
 
 

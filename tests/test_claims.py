@@ -188,6 +188,10 @@ NUM = r"[+\-]?\d+\.\d+"
 def expected_terms():
     """(claim label, [(group, sign)]) of every row, chosen from the committed tables' run lists."""
     t2, t3, t4, t6 = (committed(n)[2] for n in ("table2", "table3", "table4", "table6"))
+    # the plateau claims read the sweep's own seeds (experiments.table3.seeds); Table 3's cells
+    # also pool Table 2's seeds at the budgets they share
+    sweep_seeds = {int(s) for s in CFG["experiments"]["table3"].get("seeds") or CFG["seeds"]}
+    t3 = [r for r in t3 if int(r.rsplit("/s", 1)[1]) in sweep_seeds]
     smt2 = runs_of(t2, method="smt")
     top = max(r.budget for r in runs_of(t3))
 

@@ -68,7 +68,8 @@ def test_expand_runs_dedups_shared_runs():
         assert qkv in reports.expand_runs(cfg, target)
     assert everything.count(qkv) == 1
     assert not any("/full_ft/" in r for r in reports.expand_runs(cfg, "table2"))  # full_ft: false (cost)
-    assert len(reports.expand_runs(cfg, "table3")) == 6  # one seed per budget
+    # the sweep's one seed per budget, and at Table 2's budget (0.84 %) Table 2's three seeds too
+    assert len(reports.expand_runs(cfg, "table3")) == 3 * 3 + 3 * 1
     # three seeds of LoRA, DoRA, SMT at 0.84 %, and the zero-shot base model once
     assert len(reports.expand_runs(cfg, "table2")) == 10
     assert "smollm2-135m/commonsense/zero_shot/b0.00/none/s0" in reports.expand_runs(cfg, "table2")
@@ -122,8 +123,11 @@ def test_experiment_seeds_and_table2_budgets(raw):
     cfg["experiments"]["table2"]["budgets"] = [2.0]
     cfg["experiments"]["table6"]["seeds"] = [1]
     cfg = reports.load_config(cfg)
-    sweep = reports.expand_runs(cfg, "table3")
-    assert {hc.parse_run_id(r)["seed"] for r in sweep} == {0} and len(sweep) == 3 * 2
+    sweep = reports.expand_runs(cfg, "table3")  # the sweep's seed; at Table 2's budget, Table 2's seeds too
+    seeds = {}
+    for r in sweep:
+        seeds.setdefault(hc.parse_run_id(r)["budget"], set()).add(hc.parse_run_id(r)["seed"])
+    assert seeds == {2.0: {0, 1, 2}, 4.0: {0}} and len(sweep) == 3 * 3 + 3 * 1
     t2 = [hc.parse_run_id(r) for r in reports.expand_runs(cfg, "table2")]
     assert {(p["method"], p["budget"]) for p in t2} == {("lora", 2.0), ("dora", 2.0), ("smt", 2.0),
                                                       ("full_ft", None), ("zero_shot", 0.0)}

@@ -238,18 +238,21 @@ def label(method):
 
 # ---- the standard columns of a method row --------------------------------------------------------
 
-def check_method_row(row, group, prior, what):
-    """Params%, every task, AVG, n, seeds, vs prior, val loss of a row showing `group`."""
+def check_method_row(row, group, prior, what, avg="AVG", per_task=True, comparisons=True):
+    """Params%, every task (per_task), the average (column `avg`), n, seeds, vs prior and val loss
+    (comparisons) of a row showing `group`."""
     tasks = group[0].tasks
     assert near(float(row["Params%"]), np.mean([r.reached for r in group]), 0.005 + 1e-9), f"{what}: Params%"
-    for t in tasks:
+    for t in tasks if per_task else []:
         cell = row[t]
         check_est(cell, data(group), tasks, f"{what} {t}", task=t)
         dagger = any(r.degenerate(t) for r in group)
         assert cell.endswith("†") == dagger, f"{what} {t}: dagger {cell.endswith('†')} but degenerate={dagger}"
-    check_est(row["AVG"], data(group), tasks, f"{what} AVG")
+    check_est(row[avg], data(group), tasks, f"{what} AVG")
     assert int(row["n"]) == sum(len(group[0].correct[t]) for t in tasks), f"{what}: n"
     assert str(row["seeds"]) == str(len(group)), f"{what}: seeds"
+    if not comparisons:
+        return
     check_diff(row["vs prior"], data(group), [prior], tasks, f"{what} vs prior")
     losses = [r.ti["final_val_loss"] for r in group]
     mean = sum(losses) / len(losses)
@@ -257,13 +260,16 @@ def check_method_row(row, group, prior, what):
     assert row["val loss"] == exp, f"{what}: val loss {row['val loss']!r} != {exp!r}"
 
 
-def check_prior_row(row, runs, prior, what, val_loss=True):
+def check_prior_row(row, runs, prior, what, val_loss=True, avg="AVG", per_task=True, comparisons=True):
     tasks = runs[0].tasks
-    for t in tasks:
+    for t in tasks if per_task else []:
         check_est(row[t], [prior], tasks, f"{what} {t}", task=t)
-    check_est(row["AVG"], [prior], tasks, f"{what} AVG")
+    check_est(row[avg], [prior], tasks, f"{what} AVG")
     assert int(row["n"]) == sum(len(prior[t]) for t in tasks)
-    assert row["Params%"] == "-" and row["seeds"] == "-" and row["vs prior"] == "-"
+    assert row["Params%"] == "-" and row["seeds"] == "-"
+    if not comparisons:
+        return
+    assert row["vs prior"] == "-"
     levels = {r.ti.get("val_prior_loss") for r in runs} - {None}
     exp = f"{levels.pop():.4f}" if len(levels) == 1 else ""
     assert row["val loss"] == exp, f"{what}: val loss {row['val loss']!r} != {exp!r}"
@@ -289,9 +295,25 @@ def check_best(rows, groups, tasks, what):
     assert rows[top]["best"] == ("tied best" if ties else "best"), f"{what}: top row {top}"
 
 
-def table(name):
-    df, ids, _ = report.build_table(name, CFG, [f"{RUNS_DIR}/{r}/record.json" for r in report.expand_runs(CFG, name)])
-    return df, ids
+def table(name, with_title=False):
+    df, ids, title = report.build_table(name, CFG, [f"{RUNS_DIR}/{r}/record.json"
+                                                    for r in report.expand_runs(CFG, name)])
+    return (df, ids, title) if with_title else (df, ids)
+
+
+def endpoint():
+    """The primary endpoint's name, from the config (cloze: primary_metric, default acc_norm;
+    generative: the answer's accuracy), as the AVG column of Table 2 names it."""
+    return (CFG.get("primary_metric") or "acc_norm") if CFG.get("protocol") == "cloze" else "accuracy"
+
+
+def available_seeds(model, dataset, method, budget):
+    """Every run of (model, dataset, method at its default placement, budget) whose record is on
+    disk, read from the directory tree (not from any run list of the report)."""
+    placement = CFG["methods"][method]["placement"]
+    found = [p.parent for p in RUNS_DIR.glob(f"{model}/{dataset}/*/b{float(budget):.2f}/{placement}/s*/record.json")
+             if p.parents[3].name.split("@")[0] == method]
+    return sorted((run(str(d.relative_to(RUNS_DIR))) for d in found), key=lambda r: r.seed)
 
 
 def rows_by(df, col):
@@ -318,28 +340,46 @@ def check_forgetting(cell, group, where):
     assert cell.startswith("not measured"), f"{where}: forgetting {cell!r} for runs without a measurement"
 
 
-def test_table2_every_column_recomputed():
-    df, ids = table("table2")
-    runs = runs_of("table2")
-    assert ids == [r.rid for r in runs]
-    tasks = runs[0].tasks
-    assert list(df.columns) == ["Model", "Method", "Params%", *tasks, "AVG", "n", "seeds", "vs prior", "val loss",
-                                "SMT − this", "best", "vs zero-shot", "forgetting"]
-    rows = rows_by(df, "Method")
+def table2_groups(runs):
     (budget,) = CFG["experiments"]["table2"]["budgets"]
-    prior = prior_of(runs)
-    zero = by(runs, method="zero_shot")
     groups = {}
     for m in CFG["experiments"]["table3"]["methods"]:
         name = f"{label(m)} ({float(budget):.2f} %)"
         groups[name] = by(runs, method=m, budget=budget)
         assert len(groups[name]) == len(CFG["seeds"])
+    return budget, groups
+
+
+def test_table2_every_column_recomputed():
+    df, ids, title = table("table2", with_title=True)
+    runs = runs_of("table2")
+    assert ids == [r.rid for r in runs]
+    tasks = runs[0].tasks
+    avg = f"{endpoint()} AVG [95 %]"
+    lr = ["lr"] if any("@lr" in r.rid for r in runs) else []
+    # reads left to right: what the row is, its average, then the comparisons; no per-task cell
+    assert list(df.columns) == ["Model", "Method", *lr, "Params%", avg, "n", "seeds", "vs prior", "SMT − this",
+                                "vs zero-shot", "best", "val loss", "forgetting"]
+    rows = rows_by(df, "Method")
+    budget, groups = table2_groups(runs)
+    prior = prior_of(runs)
+    zero = by(runs, method="zero_shot")
     assert set(rows) == set(groups) | {f"{label('zero_shot')}", "label prior"}
+    # the title names the metric and the rows the table has (and none it does not)
+    exp2 = CFG["experiments"]["table2"]
+    assert endpoint() in title and f"{float(budget):.2f} %" in title, title
+    assert all(label(m) in title for m in CFG["experiments"]["table3"]["methods"]), title
+    assert ("zero-shot" in title) == bool(exp2.get("zero_shot")) and ("full" in title.lower()) == exp2["full_ft"]
+    assert "best" not in title, f"one budget: no 'best' rows, but the title says so: {title}"
+    # every mark states its rule: the 'best' marks and the seeds pooled, in the footnotes
+    notes = df.attrs["footnotes"]
+    assert any(n.startswith("best: ") and "paired" in n for n in notes), notes
+    assert any(n.startswith("seeds: ") for n in notes), notes
     smt = groups[f"SMT ({float(budget):.2f} %)"]
     for name, g in groups.items():
         row = rows[name]
         assert row["Model"] == g[0].model
-        check_method_row(row, g, prior, f"table2 {name}")
+        check_method_row(row, g, prior, f"table2 {name}", avg=avg, per_task=False)
         if g is smt:
             assert row["SMT − this"] == ""
         else:
@@ -348,27 +388,60 @@ def test_table2_every_column_recomputed():
         check_forgetting(row["forgetting"], g, f"table2 {name}")
     check_best(rows, groups, tasks, "table2")
     z = rows[label("zero_shot")]
-    check_method_row(z, zero, prior, "table2 zero-shot")
+    check_method_row(z, zero, prior, "table2 zero-shot", avg=avg, per_task=False)
     check_forgetting(z["forgetting"], zero, "table2 zero-shot")
     assert rows["label prior"]["forgetting"] == ""
     assert z["best"] == z["SMT − this"] == z["vs zero-shot"] == ""
     p = rows["label prior"]
-    check_prior_row(p, runs, prior, "table2 prior")
+    check_prior_row(p, runs, prior, "table2 prior", avg=avg, per_task=False)
     assert p["best"] == p["SMT − this"] == p["vs zero-shot"] == ""
 
 
+def test_table2_tasks_every_column_recomputed():
+    """Table 2's per-task cells: the same runs and rows, each task's estimate and its dagger."""
+    df, ids, title = table("table2_tasks", with_title=True)
+    runs = runs_of("table2")
+    assert ids == [r.rid for r in runs]
+    tasks = runs[0].tasks
+    avg = f"{endpoint()} AVG [95 %]"
+    assert list(df.columns) == ["Model", "Method", "Params%", *tasks, avg, "n", "seeds"]
+    assert endpoint() in title and "per task" in title, title
+    rows = rows_by(df, "Method")
+    _, groups = table2_groups(runs)
+    prior = prior_of(runs)
+    zero = by(runs, method="zero_shot")
+    assert set(rows) == set(groups) | {label("zero_shot"), "label prior"}
+    for name, g in {**groups, label("zero_shot"): zero}.items():
+        check_method_row(rows[name], g, prior, f"table2_tasks {name}", avg=avg, comparisons=False)
+    check_prior_row(rows["label prior"], runs, prior, "table2_tasks prior", avg=avg, comparisons=False)
+    daggers = any(str(v).endswith("†") for t in tasks for v in df[t])
+    assert any(n.startswith("†") for n in df.attrs["footnotes"]) == daggers
+
+
 def test_table3_every_column_recomputed():
-    df, _ = table("table3")
-    runs = runs_of("table3")
+    df, ids, title = table("table3", with_title=True)
     sweep = CFG["experiments"]["table3"]
+    (model,) = sweep["models"]
     cols = [f"{float(b):.2f}" for b in sweep["budgets"]]
     assert list(df.columns) == ["Model", "Method", *cols]
+    assert endpoint() in title, title
     rows = rows_by(df, "Method")
+    # each cell pools every seed on disk at its budget (Table 2's three at its budget, the sweep's
+    # one elsewhere), found here from the run directories, not from the report's run lists
+    cells = {(m, c): available_seeds(model, sweep["dataset"], m, float(c)) for m in sweep["methods"] for c in cols}
+    assert sorted(ids) == sorted(r.rid for g in cells.values() for r in g), "table3 reads other runs than every seed"
+    runs = [r for g in cells.values() for r in g]
     tasks = runs[0].tasks
     prior = prior_of(runs)
+    for c in cols:
+        seeds = {len(cells[(m, c)]) for m in sweep["methods"]}
+        assert len(seeds) == 1 and rows["seeds"][c] == str(seeds.pop()), f"table3 seeds at {c}: {rows['seeds'][c]!r}"
+    notes = df.attrs["footnotes"]
+    rule = next((n for n in notes if n.startswith("marks: ")), "")
+    assert "@" in rule and "5 %" in rule and "*" in rule and "≈" in rule, f"table3: the marks' rule unstated: {notes}"
     for m in sweep["methods"]:
         row = rows[label(m)]
-        groups = {c: by(runs, method=m, budget=float(c)) for c in cols}
+        groups = {c: cells[(m, c)] for c in cols}
         means = {c: np.mean([r.macro() for r in g]) for c, g in groups.items()}
         top = max(means, key=means.get)
         for c, g in groups.items():
@@ -390,12 +463,11 @@ def test_table3_every_column_recomputed():
     for m in [m for m in sweep["methods"] if m != "smt"]:
         row = rows[f"SMT − {label(m)}"]
         for c in cols:
-            check_diff(row[c], data(by(runs, method="smt", budget=float(c))), data(by(runs, method=m, budget=float(c))),
-                       tasks, f"table3 SMT − {m} at {c}")
+            check_diff(row[c], data(cells[("smt", c)]), data(cells[(m, c)]), tasks, f"table3 SMT − {m} at {c}")
     for c in cols:
         check_est(rows["label prior"][c], [prior], tasks, f"table3 prior {c}")
     assert set(rows) == {label(m) for m in sweep["methods"]} | {f"SMT − {label(m)}" for m in sweep["methods"]
-                                                                 if m != "smt"} | {"label prior"}
+                                                                 if m != "smt"} | {"label prior", "seeds"}
 
 
 @pytest.mark.parametrize("name,first", [("table4", "Placement"), ("table6", "Param location")])
@@ -685,7 +757,7 @@ def test_every_registered_table_and_figure_is_recomputed_here():
     # files in tests/test_lr_sweep.py (the generative study here has no sweep: it needs cloze)
     # claims: every row (estimate, intervals, Holm, verdict, MDE) recomputed from the cloze study's
     # prediction files in tests/test_claims.py
-    covered_tables = {"table1", "table2", "table3", "table4", "table5", "table6", "table7", "lr_sweep", "claims"}
+    covered_tables = {"table1", "table2", "table2_tasks", "table3", "table4", "table5", "table6", "table7", "lr_sweep", "claims"}
     covered_figures = {"figure3", "figure4", "figure5", "figure7", "figure_table4", "figure_table6",
                        "figure_pareto", "figure_val_loss"}
     assert set(report.TABLES) | {"table1"} == covered_tables
@@ -693,7 +765,7 @@ def test_every_registered_table_and_figure_is_recomputed_here():
 
 
 
-@pytest.mark.parametrize("name", ["table2", "table3", "table4", "table5", "table6", "table7"])
+@pytest.mark.parametrize("name", ["table2", "table2_tasks", "table3", "table4", "table5", "table6", "table7"])
 def test_footer_runs_deviations_and_commits_recomputed(name):
     """Under every table: its runs, the deviations of their records and evaluations, and the
     commits the records trained at (with their run counts), recomputed from the files."""

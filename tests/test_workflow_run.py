@@ -135,7 +135,7 @@ def test_snakemake_html_report_renders_in_a_headless_browser(tiny_run):
     assert res.returncode == 0, (res.stdout + res.stderr)[-5000:]
     raw = report.read_text()
     for target in reports.configured(cfg):  # every table and figure of the config is in the report
-        exts = ("html", "csv") if reports.target(target).kind == "table" else ("png",)
+        exts = ("html", "csv") if reports.target(target).kind == "table" else ("png", "html")
         for ext in exts:
             assert f"{target}.{ext}" in raw, f"{target}.{ext} not in {report}"
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000"]
@@ -149,6 +149,19 @@ def test_snakemake_html_report_renders_in_a_headless_browser(tiny_run):
     assert "Sparse Matrix Tuning" in visible and "System Message" not in visible, visible[:2000]
     for category in dict.fromkeys(reports.target(t).section[0] for t in reports.configured(cfg)):
         assert category in visible, (category, visible[:3000])
+    # the landing page opens on the answer: the paper cited, then the claims table, Table 2 and
+    # Figure 3 (its PNG embedded), and only then what the report is and the job graph
+    landing = dom.stdout[dom.stdout.index("prose prose-sm"):]
+    at = {key: landing.find(key) for key in ("arxiv.org/abs/2405.15525", "<h2>Claims of the paper", "<h2>Table 2: ",
+                                             "data:image/png;base64,", "About this report")}
+    assert all(v >= 0 for v in at.values()), at
+    order = list(at)
+    assert [at[k] for k in order] == sorted(at.values()), f"landing page order: {sorted(at, key=at.get)}"
+    claims = landing[at["<h2>Claims of the paper"]:at["<h2>Table 2: "]]
+    assert "<table" in claims and "Verdict" in claims, claims[:2000]
+    table2 = landing[at["<h2>Table 2: "]:at["data:image/png;base64,"]]
+    assert "<table" in table2 and "AVG [95 %]" in table2, table2[:2000]
+    assert landing.find("<table") > at["<h2>Claims of the paper"]  # no table before the claims
     # a copy that, once the report's own JavaScript has drawn it, opens every section in turn and
     # appends what each one shows (the report has no URL per section)
     probe = out / "report-probe.html"
@@ -175,6 +188,8 @@ def test_snakemake_html_report_renders_in_a_headless_browser(tiny_run):
 
     pixels = matplotlib.image.imread(shot)
     assert pixels.std() > 0.02  # not a blank page
+    if os.environ.get("SMT_REPORT_SCREENSHOT"):  # to look at: SMT_REPORT_SCREENSHOT=path.png
+        shutil.copy(shot, os.environ["SMT_REPORT_SCREENSHOT"])
     page = (out / "results" / "tables" / "table2.html").read_text()  # the rendered table the report embeds
     assert "<table" in page and "deviations:" in page and "forgetting" in page and "config: test" in page
 

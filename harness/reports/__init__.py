@@ -6,7 +6,9 @@ does not start with `_` (shared helpers live in `_`-modules, e.g. targets/_sweep
 module declares (the protocol):
 
     KIND = "table" | "figure"                    # required
-    TITLE = "Table 9: ..."                       # required: printed above the table / figure
+    TITLE = "Table 9: ..."                       # required: printed above the table / figure (a table's build
+                                                 # may write the title from what it built: df.attrs["title"];
+                                                 # and keep only some footnotes: df.attrs["footnotes"])
     def runs(config, exp) -> list[str]           # required: the run ids it needs (harness.config.run_ids)
     def build(ctx) -> pandas.DataFrame           # a table, from harness.reports.cells.Ctx
     def draw(ctx) -> (figure, frame, caption)    # a figure, and the data it draws
@@ -196,9 +198,10 @@ def build_table(name: str, config: dict, record_paths):
     runs = [load_run(p) for p in record_paths]
     ctx = Ctx(name, config, runs)
     df = t.module.build(ctx)
-    df.attrs.update(footnotes=ctx.notes.items, deviations=deviations(runs),
+    title = df.attrs.pop("title", None) or t.title  # a title written from what was built (Table 2's rows)
+    df.attrs.update(footnotes=df.attrs.get("footnotes", ctx.notes.items), deviations=deviations(runs),
                     provenance=provenance.trained_at([r.record for r in runs]))  # the commits they trained at
-    return df, [r.run_id for r in runs], t.title
+    return df, [r.run_id for r in runs], title
 
 
 def make_table(name: str, config: dict, record_paths, out_prefix):

@@ -36,7 +36,20 @@ VAL_LOSS_NOTE = ("val loss: final validation loss on the answer tokens of train.
                  "above it has learned nothing about the questions")
 DAGGER_NOTE = (f"{DAGGER} degenerate predictions on that task: one answer for >= 90 % of the examples "
                "(in at least one seed); the accuracy there is mostly the share of that label")
-UNNUMBERED = (DAGGER_NOTE, VAL_LOSS_NOTE)  # explanatory footnotes no cell points to
+BEST_NOTE = ("best: the row with the highest mean is marked 'best' where its paired difference from every other "
+             "marked-eligible row (95 % paired bootstrap over the same test examples and seeds) excludes 0; "
+             "otherwise it and every row it cannot be told apart from are 'tied best'; the zero-shot model and "
+             "the label prior are references, never marked")
+SEEDS_NOTE = ("seeds: the seeds pooled in a row's cells (usable/trained where some failed); a cell over several "
+              "seeds is their mean ± the standard deviation over seeds, its interval a bootstrap over seeds and "
+              "test examples")
+UNNUMBERED = (DAGGER_NOTE, VAL_LOSS_NOTE, BEST_NOTE, SEEDS_NOTE)  # explanatory footnotes no cell points to
+EXPLAINED_PREFIXES = ("marks: ", "per task: ")  # a target's own explanatory footnotes (its marks' rule): unnumbered
+
+
+def unnumbered(text: str) -> bool:
+    """An explanatory footnote (no cell points to it): it takes no number."""
+    return text in UNNUMBERED or text.startswith(EXPLAINED_PREFIXES)
 
 
 class Notes:
@@ -49,12 +62,12 @@ class Notes:
     def mark(self, text: str) -> str:
         if text not in self.items:
             self.items.append(text)
-        return "" if text in UNNUMBERED else f"[{note_number(self.items, text)}]"
+        return "" if unnumbered(text) else f"[{note_number(self.items, text)}]"
 
 
 def note_number(items: list[str], text: str) -> int:
     """The footnote number of `text` among `items` (the unnumbered notes take no number)."""
-    return [t for t in items if t not in UNNUMBERED].index(text) + 1
+    return [t for t in items if not unnumbered(t)].index(text) + 1
 
 
 @dataclasses.dataclass

@@ -9,7 +9,7 @@ import textwrap
 import pandas as pd
 
 from harness import provenance
-from harness.reports.cells import UNNUMBERED, note_number
+from harness.reports.cells import note_number, unnumbered
 from harness.reports.runs import Run
 
 
@@ -29,7 +29,7 @@ def latex(df: pd.DataFrame, caption: str, notes: list[str]) -> str:
 
 def footer(df: pd.DataFrame, config: dict) -> list[str]:
     notes = df.attrs.get("footnotes", [])
-    lines = [n if n in UNNUMBERED else f"{note_number(notes, n)}. {n}" for n in notes]
+    lines = [n if unnumbered(n) else f"{note_number(notes, n)}. {n}" for n in notes]
     devs = df.attrs.get("deviations", [])
     lines.append("deviations: " + ("; ".join(devs) if devs else "none recorded"))
     if df.attrs.get("provenance"):  # the commits the records ran at (harness.provenance)

@@ -183,7 +183,8 @@ def report_outputs(targets):
     """Every file the given targets write."""
     out = []
     for t in targets:
-        exts = ("csv", "md", "tex", "html") if reports.target(t).kind == "table" else ("png", "pdf")  # html: for --report
+        # html: for --report (a table rendered; a figure's PNG as a data URI, for the landing page)
+        exts = ("csv", "md", "tex", "html") if reports.target(t).kind == "table" else ("png", "pdf", "html")
         out += [f"{report_prefix(t)}.{e}" for e in exts]
     return out
 
@@ -231,7 +232,9 @@ def flagged_outputs(target):
     category, subcategory = reports.target(target).section
     caption = str(_report_html.write_caption(target, os.path.abspath(".snakemake/report_captions")))
     return [report(path, caption=caption, category=category, subcategory=subcategory,
-                   labels={"target": target, "format": _FORMATS[path.rsplit(".", 1)[1]]})
+                   labels={"target": target, "format": _FORMATS[path.rsplit(".", 1)[1]]
+                           if reports.target(target).kind == "table" or not path.endswith(".html")
+                           else "figure, HTML (PNG embedded)"})
             for path in report_outputs([target])]
 
 

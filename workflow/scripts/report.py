@@ -11,3 +11,7 @@ if reports.target(params.target).kind == "table":  # the table rendered for `sna
     from harness.report_html import table_page
 
     table_page(params.out_prefix + ".csv", params.out_prefix + ".html")
+else:  # the figure as one HTML file (the PNG as a data URI): what the report's landing page includes
+    from harness.report_html import figure_page
+
+    figure_page(params.out_prefix + ".png", params.out_prefix + ".html", reports.target(params.target).title)

@@ -361,9 +361,13 @@ def check(config, exp) -> None:
 
 
 def _source_runs(config: dict, source: str) -> list[str]:
-    from harness.reports.targets import table2, table3, table4, table6
+    from harness.reports.targets import table2, table4, table6
 
-    module = {"table2": table2, "table3": table3, "table4": table4, "table6": table6}[source]
+    if source == "table3":  # the sweep's own runs (its seeds): Table 3's cells also pool Table 2's seeds
+        from harness.reports.targets._sweep import sweep_runs
+
+        return sweep_runs(config)
+    module = {"table2": table2, "table4": table4, "table6": table6}[source]
     return module.runs(config, config["experiments"][source])
 
 

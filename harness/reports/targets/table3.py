@@ -7,14 +7,18 @@ import pandas as pd
 
 from harness import config as hc
 from harness import stats
-from harness.reports.cells import BOOT_SEED, N_BOOT, PRIOR_ROW, Ctx, finish, fmt_diff, fmt_est, paired, prior_group
+from harness.reports.cells import BOOT_SEED, N_BOOT, PRIOR_ROW, SEEDS_NOTE, Ctx, finish, fmt_diff, fmt_est, paired, prior_group
 from harness.reports.runs import method_label
-from harness.reports.targets._sweep import sweep_runs
 
 KIND = "table"
-TITLE = ("Table 3: average commonsense accuracy (%) per budget asked (% of all parameters; "
-         "@ = budget reached where it differs); * = significantly best on the line, ≈ = tied best; "
+TITLE = ("Table 3: the primary endpoint (macro average over the commonsense tasks, %) per budget asked "
+         "(% of all parameters), every seed run at that budget pooled (row 'seeds'); marks @ * ≈: the footnote; "
          "rows 'SMT − X': paired difference at the same budget")
+AT_GAP = 0.05  # '@': the budget reached differs from the one asked by more than this (relative)
+MARKS_NOTE = (f"marks: @x.xx: the budget reached (% of all parameters, mean over seeds) where it differs from the "
+              f"budget asked by more than {100 * AT_GAP:.0f} % of it (full FT never); * on a method's line: its best "
+              "budget, significantly above every other budget of the line (95 % paired bootstrap excludes 0); "
+              "≈: the line's best budget and every budget it cannot be told apart from")
 SECTION = ("Table 3: budget sweep", "table")  # the report's category and subcategory
 CAPTION = """\
 Table 3: average commonsense accuracy (%) per budget of the sweep, with SMT minus each baseline at the same budget.
@@ -37,7 +41,25 @@ SCHEMA = {
 
 
 def runs(config, exp) -> list[str]:
-    return sweep_runs(config)
+    """The sweep's runs, and at each budget Table 2 also reads (experiments.table2) Table 2's seeds
+    too: a cell pools every seed run at its budget, so Table 3 and Table 2 agree where they meet."""
+    sweep, t2 = config["experiments"]["table3"], config["experiments"].get("table2")
+    more: dict[float, list[int]] = {}
+    if t2 is not None:
+        from harness.reports.targets import table2
+
+        for b in t2.get("budgets") or sweep["budgets"]:
+            more[float(b)] = list(t2.get("seeds") or config["seeds"])
+        t2_models = set(table2.models(config))
+    out = []
+    for model in sweep["models"]:
+        for method in sweep["methods"]:
+            for budget in sweep["budgets"]:
+                seeds = list(sweep.get("seeds") or config["seeds"])
+                if t2 is not None and model in t2_models:
+                    seeds = sorted(set(seeds) | set(more.get(float(budget), [])))
+                out += hc.run_ids(config, model, sweep["dataset"], method, budget, seeds=seeds)
+    return list(dict.fromkeys(out))
 
 
 def build(ctx: Ctx) -> pd.DataFrame:
@@ -65,7 +87,7 @@ def build(ctx: Ctx) -> pd.DataFrame:
                     continue
                 cell = fmt_est(g.avg) if g.ok else g.status_text
                 reached = g.reached
-                if reached and abs(reached / float(col) - 1) > 0.05 and method != hc.FULL_FT:
+                if reached and abs(reached / float(col) - 1) > AT_GAP and method != hc.FULL_FT:
                     cell += f" @{reached:.2f}"
                 if g is top:
                     cell += " ≈" if tied else " *"
@@ -78,8 +100,20 @@ def build(ctx: Ctx) -> pd.DataFrame:
             for col in cols:
                 row[col] = fmt_diff(paired(by_method[proposed].get(col), by_method[method].get(col), ctx.notes))
             rows.append(row)
+        # the seeds each cell pools: one line when every method has the same, else per method
+        per = {c: list(dict.fromkeys(g.seeds_text() if (g := by_method[m].get(c)) else "0" for m in sweep["methods"]))
+               for c in cols}
+        rows.append({"Model": model, "Method": "seeds", **{
+            c: v[0] if len(v) == 1 else ", ".join(f"{method_label(ctx.config, m)} "
+                                                  f"{g.seeds_text() if (g := by_method[m].get(c)) else 0}"
+                                                  for m in sweep["methods"]) for c, v in per.items()}})
         prior = prior_group(mruns, suite, tasks)
         pr = {"Model": model, "Method": PRIOR_ROW}
         avg = fmt_est(stats.estimate(prior, n_boot=N_BOOT, seed=BOOT_SEED)) if prior else "n/a"
         rows.append({**pr, **{c: avg for c in cols}})
-    return finish(rows)
+    ctx.notes.mark(SEEDS_NOTE)
+    ctx.notes.mark(MARKS_NOTE)
+    out = finish(rows)
+    out.attrs["title"] = TITLE.replace("the primary endpoint", f"{dataset} {hc.primary_metric(ctx.config)}", 1) \
+        .replace(" the commonsense tasks", " the tasks", 1)
+    return out
