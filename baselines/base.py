@@ -33,11 +33,13 @@ class Method:
     """A fine-tuning method: which parameters train, and how the result is saved and merged.
 
     The training loop (harness.train) calls, in order:
+      check_run_length (the run is long enough for the method's warm-up);
       fresh start: begin_warmup, after_warmup_backward after each warm-up backward, end_warmup
                    (only when warmup_steps > 0);
       resume:      restore (may refuse: the run starts afresh), resume;
-    then apply, trains the parameters left with requires_grad, and save. Evaluation calls load
-    then merge. Profiling (Table 1) runs the same warm-up hooks and the same step.
+    then apply, trains the parameters left with requires_grad (save_state into each checkpoint),
+    and save. Evaluation calls load then merge. Profiling (Table 1) runs the same warm-up hooks and
+    the same step.
 
     A method owns its hyper-parameters: `Settings` is a dataclass whose fields (defaults and
     `metadata={"help": ...}`) are the keys a config entry methods.<name> may set besides the
@@ -55,11 +57,13 @@ class Method:
     fingerprint = None  # set by the training loop: the run's fingerprint, for files kept to resume
 
     def __init__(self, run):
-        """run: the harness.run_config.RunConfig (or its JSON form) this method trains in; its
-        settings were parsed once, into this method's Settings, when the RunConfig was built."""
-        from harness.run_config import as_run_config
-
-        self.run = as_run_config(run)
+        """run: the harness.run_config.RunConfig this method trains in (its JSON form is parsed by
+        the caller, harness.run_config.as_run_config: the methods sit below the harness and import
+        none of it); its settings were parsed once, into this method's Settings, when it was built."""
+        if isinstance(run, dict):
+            raise TypeError(f"{type(self).__name__}(run): pass a RunConfig, not its JSON form; parse it first "
+                            "with harness.run_config.as_run_config(run)")
+        self.run = run
         if self.run.method.name != self.name:
             raise ValueError(f"run {self.run.run_id!r} is for method {self.run.method.name!r}, not {self.name!r}")
         self.settings = self.run.method.settings
@@ -77,22 +81,35 @@ class Method:
         """Every Settings field with its default value."""
         return dataclasses.asdict(cls.Settings())
 
+    def check_run_length(self, total_steps: int) -> None:
+        """Refuse a run of total_steps optimizer steps that the method's warm-up would fill."""
+        if self.warmup_steps >= total_steps:
+            raise ValueError(f"{self.label} warm-up ({self.warmup_steps} steps) must be shorter than the run "
+                             f"({total_steps} steps); lower the method's warmup_steps or raise train.max_steps")
+
     def begin_warmup(self, model):
         """Called once before the warm-up steps (only when warmup_steps > 0)."""
 
     def after_warmup_backward(self, model):
         """Called after each warm-up backward pass, before any optimizer step."""
 
-    def end_warmup(self, model, resume_dir):
-        """Called once after the warm-up steps, on the main process: keep in resume_dir whatever a
-        resumed run needs instead of repeating the warm-up (stamped with self.fingerprint)."""
+    def end_warmup(self, model, staging_dir):
+        """Called once after the warm-up steps, on the main process: stage in staging_dir whatever a
+        resumed run needs instead of repeating the warm-up (stamped with self.fingerprint);
+        save_state puts it into each checkpoint."""
 
-    def restore(self, out_dir, resume_dir):
+    def save_state(self, state_dir) -> list:
+        """Called on the main process by every checkpoint (after apply): write into state_dir (the
+        checkpoint's method/ directory) what a resumed run needs; return the names written, which
+        the checkpoint's manifest lists (a checkpoint missing one is incomplete)."""
+        return []
+
+    def restore(self, out_dir, state_dir):
         """Called when a run may resume from a checkpoint (before the model is loaded): check the
-        method's own files (out_dir, resume_dir); raise StaleResumeError if one is missing or was
-        written for another fingerprint, and the run starts afresh."""
+        method's own files (state_dir: what save_state wrote); raise StaleResumeError if one is
+        missing or was written for another fingerprint, and the run starts afresh."""
 
-    def resume(self, model, resume_dir):
+    def resume(self, model, state_dir):
         """Called instead of the warm-up when a run resumes (after restore accepted it, before
         apply): put the model in the state the warm-up left (e.g. load the warm-up weights)."""
 

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import pathlib
+import shutil
 from typing import Optional
 
 import torch
@@ -71,6 +74,7 @@ class SMT(Method):
         self.warmup_lr = s.warmup_lr or self.lr  # full-FT warm-up steps: the method's lr unless set
         self.scorer = None
         self.plan = None
+        self._warmup_dir = None  # where the warm-up weights are (staged by end_warmup, or a resumed checkpoint's)
 
     def begin_warmup(self, model):
         self.scorer = smt.GradientScorer(model, self.cfg)
@@ -81,41 +85,56 @@ class SMT(Method):
     def _keeps_warmup_weights(self) -> bool:
         return self.warmup_steps > 0 and self.warmup_mode == "full_ft"
 
-    def end_warmup(self, model, resume_dir):
-        """A full-FT warm-up moved every weight: keep them (stamped with the run fingerprint), so a
-        resumed run starts from them instead of repeating the warm-up."""
+    def end_warmup(self, model, staging_dir):
+        """A full-FT warm-up moved every weight: stage them (stamped with the run fingerprint) for the
+        checkpoints (save_state), so a resumed run starts from them instead of repeating the warm-up."""
         if not self._keeps_warmup_weights():
             return
-        import json
-
-        resume_dir = pathlib.Path(resume_dir)
-        resume_dir.mkdir(parents=True, exist_ok=True)
-        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, resume_dir / WARMUP_WEIGHTS)
-        tmp = resume_dir / (WARMUP_SIDECAR + ".tmp")
+        staging_dir = pathlib.Path(staging_dir)
+        staging_dir.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, staging_dir / WARMUP_WEIGHTS)
+        tmp = staging_dir / (WARMUP_SIDECAR + ".tmp")
         tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "warmup_steps": self.warmup_steps}, indent=2))
-        tmp.replace(resume_dir / WARMUP_SIDECAR)
+        tmp.replace(staging_dir / WARMUP_SIDECAR)
+        self._warmup_dir = staging_dir
 
-    def resume(self, model, resume_dir):
+    def save_state(self, state_dir) -> list:
+        """Into a checkpoint: the selection plan (plan.json, stamped with the run fingerprint) and, after
+        a full-FT warm-up, the warm-up weights (hard-linked: one copy on disk for every checkpoint)."""
+        state_dir = pathlib.Path(state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.plan.to_json(state_dir / "plan.json")
+        names = ["plan.json"]
         if self._keeps_warmup_weights():
-            model.load_state_dict(torch.load(pathlib.Path(resume_dir) / WARMUP_WEIGHTS, weights_only=True))
+            for name in (WARMUP_WEIGHTS, WARMUP_SIDECAR):
+                try:
+                    os.link(self._warmup_dir / name, state_dir / name)
+                except OSError:
+                    shutil.copy2(self._warmup_dir / name, state_dir / name)
+                names.append(name)
+        return names
 
-    def restore(self, out_dir, resume_dir):
+    def resume(self, model, state_dir):
+        if self._keeps_warmup_weights():
+            model.load_state_dict(torch.load(pathlib.Path(state_dir) / WARMUP_WEIGHTS, weights_only=True))
+
+    def restore(self, out_dir, state_dir):
         """On resume, reuse the warm-up weights (full-FT warm-up) and the plan the interrupted run
-        selected (out_dir/plan.json), if both were written for this run's fingerprint (else
-        StaleResumeError: the loop starts afresh)."""
+        selected, kept in the checkpoint (state_dir), if both were written for this run's
+        fingerprint (else StaleResumeError: the loop starts afresh)."""
+        state_dir = pathlib.Path(state_dir)
         if self._keeps_warmup_weights():
-            import json
-
-            side = pathlib.Path(resume_dir) / WARMUP_SIDECAR
+            side = state_dir / WARMUP_SIDECAR
             try:
                 stamped = json.loads(side.read_text()).get("fingerprint")
             except (OSError, ValueError) as err:
                 raise StaleResumeError(f"warm-up weights sidecar {side} cannot be read ({type(err).__name__}: "
                                        f"{err})") from None
-            if stamped != self.fingerprint or not (pathlib.Path(resume_dir) / WARMUP_WEIGHTS).is_file():
-                raise StaleResumeError(f"warm-up weights in {resume_dir} are missing or belong to run fingerprint "
+            if stamped != self.fingerprint or not (state_dir / WARMUP_WEIGHTS).is_file():
+                raise StaleResumeError(f"warm-up weights in {state_dir} are missing or belong to run fingerprint "
                                        f"{str(stamped)[:12]}, not {str(self.fingerprint)[:12]}")
-        plan = pathlib.Path(out_dir) / "plan.json"
+            self._warmup_dir = state_dir
+        plan = state_dir / "plan.json"
         if not plan.is_file():
             raise StaleResumeError(f"{plan} is missing")
         stamped = smt.SelectionPlan.from_json(plan).meta.get("run_fingerprint")

@@ -24,8 +24,9 @@ import time
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))   # runnable from a checkout, uninstalled
-from harness.cloze import (CLOZE_TASKS, ClozeScorer, load_cloze_docs, naive_loglikelihoods,  # noqa: E402
-                           non_embedding_params, summarize)
+from harness.cloze import (CLOZE_TASKS, ClozeScorer, naive_loglikelihoods, non_embedding_params,  # noqa: E402
+                           summarize)
+from harness.data import load_cloze_docs  # noqa: E402
 from harness.models import load_model  # noqa: E402
 
 

@@ -494,16 +494,18 @@ def part_layer(device, mode: dict, clock: Clock, scale: float) -> dict:
 
 
 def load_paper_config(path) -> tuple[dict, bool]:
-    """(config, validated): harness.config.load_config; without jsonschema the strict YAML with its
+    """(config, validated): harness.reports.load_config; without jsonschema the strict YAML with its
     recipe applied (the methods' own settings are still parsed by resolve_run) and validated False."""
     from harness import config as hc
 
     try:
-        return hc.load_config(path), True
+        from harness import reports  # the targets' experiments schemas (pandas): optional on a GPU machine
+
+        return reports.load_config(path), True
     except ModuleNotFoundError as err:
         if err.name not in ("jsonschema", "pandas"):  # schema checks (jsonschema; the report targets' pandas)
             raise
-        return hc.apply_recipe(hc.load_yaml_strict(path)), False
+        return hc.apply_recipe(hc.load_layered(path)), False
 
 
 def table1_run_cfgs(config: dict, methods, budget_pct: float, mode: dict, device, model_name="llama-7b") -> dict:
@@ -811,12 +813,26 @@ def _run_part(fn, *a) -> dict:
                 "seconds": None}
 
 
+def _percent(text: str) -> float:
+    """--budget-pct: a percent; below 0.1 it is almost surely a fraction and is refused naming both readings."""
+    from harness.config import MIN_PERCENT
+
+    value = float(text)
+    if not 0 < value <= 50:
+        raise argparse.ArgumentTypeError(f"{text}: a budget in percent of all parameters, in (0, 50]")
+    if value < MIN_PERCENT:
+        raise argparse.ArgumentTypeError(f"{value:g} read as percent is {value:g} % (a 100x smaller run than "
+                                         f"{value * 100:g} %); if you meant the fraction {value:g} write {value * 100:g}")
+    return value
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="directory for gpu_check.json, table1_gpu.md and pytest_cuda.xml")
     p.add_argument("--tiny", action="store_true", help="tiny shapes (the default without a CUDA device)")
     p.add_argument("--limit-s", type=float, default=None, help="time limit of the whole check (default 480; tiny 300)")
-    p.add_argument("--budget", type=float, default=0.84, help="Table 1's budget in percent (default 0.84)")
+    p.add_argument("--budget-pct", "--budget", dest="budget", type=_percent, default=0.84,
+                   help="Table 1's budget in percent of all parameters, as in the configs (default 0.84)")
     p.add_argument("--methods", nargs="+", default=TABLE1_METHODS, choices=TABLE1_METHODS)
     p.add_argument("--layers", type=int, default=None, help="decoder layers of the model (default: full depth, "
                    "fewer after an out-of-memory error)")
@@ -862,10 +878,10 @@ def main(argv=None) -> dict:
     errors = validate(doc)
     doc["schema_errors"] = errors
     path = out_dir / JSON_NAME
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
     from harness import gpu_table
+    from harness.records import atomic_write_text
+
+    atomic_write_text(path, json.dumps(doc, indent=1, default=str) + "\n")
 
     gpu_table.write(path, out_dir / pathlib.Path(TABLE_NAME).stem, allow_cpu=True)
     print(f"[gpu_check] wrote {path} and {out_dir / TABLE_NAME} in {doc['elapsed_s']:.0f} s; "

@@ -276,38 +276,6 @@ def doc_from_record(task: str, doc_id: int, record: dict, where: str = "") -> Cl
     return doc_from_parse(task, doc_id, *parse_record(task, record, where or f"{task} record {doc_id}"))
 
 
-def load_cloze_docs(task: str, data_root, limit: int | None = None, start: int = 0) -> list[ClozeDoc]:
-    """The cloze docs of the records the project evaluates: `limit` records of the task's test
-    file (`harness.data.load_test_set`, same file and order) from index `start` on (0: the
-    evaluated head; the validation split of experiments.lr_sweep starts beyond it and beyond any
-    records carved for training, harness.config.eval_cfg). Doc ids are indices into the file.
-    HellaSwag from the HF-format validation file uses its native fields (lm-eval exact); every
-    other file is parsed."""
-    from harness.data import locate_test_set, read_records
-
-    entry = locate_test_set(task, data_root)
-    raw = read_records(entry["path"])
-    start = int(start)
-    stop = len(raw) if limit is None else start + int(limit)
-    if stop > len(raw) or start < 0:
-        raise ValueError(f"{entry['path']} ({task}) has {len(raw)} records; records {start}..{stop - 1} were asked "
-                         "for: lower the limit (eval.<suite>.limit or experiments.lr_sweep.validation.limit)")
-    if entry["relpath"] == "hellaswag/validation.jsonl":
-        return [doc_from_hellaswag_native(i, raw[i]) for i in range(start, stop)]
-    return [doc_from_record(task, i, raw[i], f"{entry['path']} record {i} ({task})") for i in range(start, stop)]
-
-
-def hellaswag_native_by_instruction(data_root) -> dict[str, dict]:
-    """{LLM-Adapters instruction (harness.data.hellaswag_record): native HF doc} for HellaSwag, so
-    training targets of carved records can use lm-eval's exact query (capitalized ctx_b)."""
-    from harness.data import fetch_file, hellaswag_record, read_records
-
-    out = {}
-    for doc in read_records(fetch_file("hellaswag/validation.jsonl", data_root)["path"]):
-        out.setdefault(hellaswag_record(doc)["instruction"], doc)
-    return out
-
-
 @dataclasses.dataclass(frozen=True)
 class ClozeTarget:
     """A training example under the cloze protocol: learn `target` after `prompt`."""
@@ -336,20 +304,6 @@ def training_target(task: str, record: dict, where: str = "",
     return ClozeTarget(task, doc.contexts[gold], doc.continuations[gold], doc.choices, gold)
 
 
-def training_targets(task_of_record, records, hellaswag_docs=None) -> tuple[list[ClozeTarget], list[dict]]:
-    """Targets of many records; `task_of_record(i, record)` names each record's task. Returns
-    (targets, failures): a failure is {"index", "task", "error"}; nothing is dropped silently,
-    the caller decides whether any failure is fatal (the count is reported)."""
-    targets, failures = [], []
-    for i, rec in enumerate(records):
-        task = task_of_record(i, rec)
-        try:
-            targets.append(training_target(task, rec, f"record {i} ({task})", hellaswag_docs))
-        except ClozeParseError as err:
-            failures.append({"index": i, "task": task, "error": str(err)})
-    return targets, failures
-
-
 def task_of_instruction(record: dict) -> str | None:
     """The cloze task whose template a mixture record has, by its instruction head. SIQA, ARC-Easy,
     ARC-Challenge and OpenBookQA share one LLM-Adapters template, one parse and one cloze prompt:
@@ -375,14 +329,6 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     whole = tokenizer.encode(context + continuation, **kwargs)
     ctx = tokenizer.encode(context, **kwargs)
     return ctx, whole[len(ctx):]
-
-
-def training_tokens(tokenizer, target: ClozeTarget) -> dict:
-    """input_ids / labels of a cloze training example: loss on the target's tokens only, split
-    as the scorer splits them (no EOS: the scorer never scores one)."""
-    ctx, cont = encode_pair(tokenizer, target.prompt, target.target)
-    return {"input_ids": ctx + cont, "attention_mask": [1] * (len(ctx) + len(cont)),
-            "labels": [-100] * len(ctx) + cont}
 
 
 # ---------------------------------------------------------------- metrics
@@ -473,6 +419,7 @@ class ClozeScorer:
         self.head = model.get_output_embeddings()
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.max_len = getattr(model.config, "max_position_embeddings", None)
+        self.window = sliding_window(model.config)
         self.stats = {"forwarded_tokens": 0, "padded_tokens": 0, "head_positions": 0, "unique_tokens": 0,
                       "attention_pairs": 0}
 
@@ -524,9 +471,12 @@ class ClozeScorer:
                 off += n
             for q in range(t, tmax):  # padding rows attend to themselves only (ignored)
                 allow[e, q, q] = True
-        mask = torch.zeros(allow.shape, dtype=dtype).masked_fill_(~allow, torch.finfo(dtype).min)
+        mask = _additive(allow, dtype)[:, None].to(dev)
+        if self.window is not None:  # sliding-window layers (Gemma 3): one mask per layer type
+            near = (pos[:, :, None] - pos[:, None, :]) < self.window  # by each token's own position
+            mask = {"full_attention": mask, "sliding_attention": _additive(allow & near, dtype)[:, None].to(dev)}
         with torch.no_grad():
-            hid = self.body(input_ids=ids.to(dev), attention_mask=mask[:, None].to(dev),
+            hid = self.body(input_ids=ids.to(dev), attention_mask=mask,
                             position_ids=pos.to(dev), use_cache=False).last_hidden_state
             keys = list(heads)
             rows_h = hid[torch.tensor([k[0] for k in keys]), torch.tensor([k[1] for k in keys])]
@@ -546,6 +496,26 @@ class ClozeScorer:
         self.stats["padded_tokens"] += len(items) * tmax
         self.stats["head_positions"] += len(heads)
         return out_rows
+
+
+def _additive(allow, dtype):
+    import torch
+
+    return torch.zeros(allow.shape, dtype=dtype).masked_fill_(~allow, torch.finfo(dtype).min)
+
+
+def sliding_window(config) -> int | None:
+    """The window of a model whose layers include sliding-window attention (Gemma 3: `layer_types`
+    with "sliding_attention"), else None. The packed scorer hands such a model one mask per layer
+    type, the sliding one keeping a key only when query position - key position < window (as
+    transformers' `sliding_window_overlay`); a custom 4D mask alone would bypass the window."""
+    types = getattr(config, "layer_types", None) or ()
+    window = getattr(config, "sliding_window", None)
+    if "sliding_attention" not in types:
+        return None
+    if not window:
+        raise ValueError(f"{type(config).__name__}: sliding_attention layers without a sliding_window")
+    return int(window)
 
 
 def non_embedding_params(model) -> int:

@@ -42,7 +42,7 @@ import warnings
 # no torch here: the Snakemake DAG imports this module to compute the data checksums of its jobs
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-from harness.records import atomic_write_json, sha256_file  # noqa: E402  (torch-free, like this module)
+from harness.records import atomic_write, atomic_write_json, sha256_file  # noqa: E402  (torch-free, like this module)
 from harness.records import read_json as _read_json  # noqa: E402
 
 LLM_ADAPTERS_COMMIT = "816657208af4db747803f87ba40a4c71383fed7a"
@@ -81,6 +81,7 @@ FILES: dict[str, tuple[str | None, str | None]] = {
 }
 
 # the test tasks and the paper's suites (Tables 2 and 5) are defined once, in harness.tasks
+from harness import cloze  # noqa: E402  (parsing and scoring only; the files are read here)
 from harness.tasks import COMMONSENSE_TASKS, MATH_TASKS, SUITES  # noqa: E402
 # test-set files per task, in order of preference; the first one present (mirror) or
 # downloadable (no mirror) is used
@@ -468,11 +469,8 @@ def prepare_train_set(spec: dict, data_root, out_path, eval_limit=None) -> dict:
     for prov in carved:
         prov["kept"] = kept.get(f"carve:{prov['task']}", 0)
     out_path = pathlib.Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(records, handle, ensure_ascii=False, indent=1)
-    tmp.replace(out_path)
+    # these exact bytes (indent 1, UTF-8, no final newline) are the train_sha256 the records' fingerprints hold
+    atomic_write(out_path, lambda handle: json.dump(records, handle, ensure_ascii=False, indent=1))
     root = _as_root(data_root)
     meta = {"name": spec["name"], "spec": dict(spec), "data_root": str(root) if root else "download",
             "sources": sources, "carved": carved, "eval_limit": eval_limit, "records": len(records),
@@ -482,17 +480,43 @@ def prepare_train_set(spec: dict, data_root, out_path, eval_limit=None) -> dict:
     return meta
 
 
+def load_cloze_docs(task: str, data_root, limit: int | None = None, start: int = 0) -> list[cloze.ClozeDoc]:
+    """The cloze docs of the records the project evaluates: `limit` records of the task's test
+    file (`harness.data.load_test_set`, same file and order) from index `start` on (0: the
+    evaluated head; the validation split of experiments.lr_sweep starts beyond it and beyond any
+    records carved for training, harness.config.eval_cfg). Doc ids are indices into the file.
+    HellaSwag from the HF-format validation file uses its native fields (lm-eval exact); every
+    other file is parsed."""
+    entry = locate_test_set(task, data_root)
+    raw = read_records(entry["path"])
+    start = int(start)
+    stop = len(raw) if limit is None else start + int(limit)
+    if stop > len(raw) or start < 0:
+        raise ValueError(f"{entry['path']} ({task}) has {len(raw)} records; records {start}..{stop - 1} were asked "
+                         "for: lower the limit (eval.<suite>.limit or experiments.lr_sweep.validation.limit)")
+    if entry["relpath"] == "hellaswag/validation.jsonl":
+        return [cloze.doc_from_hellaswag_native(i, raw[i]) for i in range(start, stop)]
+    return [cloze.doc_from_record(task, i, raw[i], f"{entry['path']} record {i} ({task})") for i in range(start, stop)]
+
+
+def hellaswag_native_by_instruction(data_root) -> dict[str, dict]:
+    """{LLM-Adapters instruction (harness.data.hellaswag_record): native HF doc} for HellaSwag, so
+    training targets of carved records can use lm-eval's exact query (capitalized ctx_b)."""
+    out = {}
+    for doc in read_records(fetch_file("hellaswag/validation.jsonl", data_root)["path"]):
+        out.setdefault(hellaswag_record(doc)["instruction"], doc)
+    return out
+
+
 def cloze_records(records: list[dict], labels: list[str], data_root) -> list[dict]:
     """The records as cloze training targets (harness.cloze.training_target): each keeps its
     LLM-Adapters keys (instruction, input, answer as they were) with `output` replaced by the gold
     option's text as the scorer scores it, and a `cloze` entry {task, prompt, gold, options}; the
     loss is then on the option text after the cloze prompt (harness.prompts.tokenize_example).
     A record that does not parse is a DataError naming it: nothing is dropped silently."""
-    from harness import cloze
-
     hellaswag = None
     if any(cloze.task_of_instruction(r) == "hellaswag" for r in records):
-        hellaswag = cloze.hellaswag_native_by_instruction(data_root)  # lm-eval's exact HellaSwag query
+        hellaswag = hellaswag_native_by_instruction(data_root)  # lm-eval's exact HellaSwag query
     out, failures = [], []
     for i, (rec, label) in enumerate(zip(records, labels)):
         task = cloze.task_of_instruction(rec)

@@ -25,19 +25,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pathlib
 import re
-import tempfile
 import time
 from collections import Counter
 
 from lm_eval.models.huggingface import HFLM
 
 from harness import forgetting, stats
-from harness.data import locate_test_set, resolve_data_root
+from harness.data import load_cloze_docs, locate_test_set, resolve_data_root
 from harness.prompts import EVAL_BOUNDARY_NOTE, RESPONSE_MARKER, boundary_trim
-from harness.records import REPO_ROOT, atomic_write_json
+from harness.records import REPO_ROOT, atomic_write_json, atomic_write_text, read_record
 from harness.tasks import TASK_PREFIX, TASKS, TASKS_DIR, get_task
 
 NUMBER_TOLERANCE = 1e-3
@@ -183,16 +181,6 @@ def _jsonable(obj):
     return json.loads(json.dumps(obj, default=str))
 
 
-def _atomic_write_lines(path: pathlib.Path, lines: list[str]) -> None:
-    """Write text lines through a temporary file and rename (never a torn file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.writelines(lines)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def check_eval_cfg(eval_cfg: dict) -> list[str]:
     """The task list of eval_cfg, each task known; a clear error otherwise."""
     tasks = list(eval_cfg.get("tasks") or [])
@@ -255,7 +243,7 @@ def evaluate_model(model, tokenizer, eval_cfg: dict, out_dir, data_root=None, an
         **(annotations or {}),
     }
     for task, rows in predictions.items():  # predictions first, the suite file (the job's output) last
-        _atomic_write_lines(out_dir / f"{task}.predictions.jsonl", [json.dumps(row) + "\n" for row in rows])
+        atomic_write_text(out_dir / f"{task}.predictions.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
     atomic_write_json(out_dir / f"{suite}.json", result)
     return result
 
@@ -307,7 +295,7 @@ def evaluate_cloze(model, tokenizer, eval_cfg: dict, out_dir, data_root, annotat
     per_task, predictions, deviations = {}, {}, [CLOZE_NOTE]
     with torch.no_grad():
         for task in check_eval_cfg(eval_cfg):
-            docs = cloze.load_cloze_docs(task, data_root, eval_cfg.get("limit"), (eval_cfg.get("start") or {}).get(task, 0))
+            docs = load_cloze_docs(task, data_root, eval_cfg.get("limit"), (eval_cfg.get("start") or {}).get(task, 0))
             rows = [{"id": r["doc_id"], "label": str(r["gold"]), "prediction": str(r[f"pred_{metric}"]),
                      "extraction_failure": False, "correct": bool(r[metric]), **r} for r in scorer.score(docs)]
             source = locate_test_set(task, data_root)
@@ -325,26 +313,9 @@ def evaluate_cloze(model, tokenizer, eval_cfg: dict, out_dir, data_root, annotat
               "protocol": {"name": "cloze", "metric": metric, "scorer": dict(scorer.stats)},
               "prompt_trim": 0, "deviations": deviations, **(annotations or {})}
     for task, rows in predictions.items():  # predictions first, the suite file (the job's output) last
-        _atomic_write_lines(out_dir / f"{task}.predictions.jsonl", [json.dumps(row) + "\n" for row in rows])
+        atomic_write_text(out_dir / f"{task}.predictions.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
     atomic_write_json(out_dir / f"{suite}.json", result)
     return result
-
-
-def read_record(record_path) -> dict:
-    """A run record (record.json); an error naming the file when it is missing or not a record."""
-    record_path = pathlib.Path(record_path)
-    if not record_path.is_file():
-        raise FileNotFoundError(f"{record_path} not found: train the run first")
-    try:
-        record = json.loads(record_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{record_path} is not valid JSON ({err}); the file is corrupt: delete the run "
-                         f"directory {record_path.parent} and train the run again") from err
-    if not isinstance(record, dict) or not isinstance(record.get("run_info"), dict) \
-            or "status" not in record["run_info"]:
-        raise ValueError(f"{record_path} is not a run record (no run_info.status); delete the run "
-                         f"directory {record_path.parent} and train the run again")
-    return record
 
 
 def skipped_result(suite: str, record: dict) -> dict:

@@ -231,7 +231,7 @@ def run_value(run) -> dict | None:
     if after.get("run_id") != run.run_id or after.get("fingerprint") != run.info.get("fingerprint"):
         raise ValueError(f"{after_path} belongs to another run or training ({after.get('run_id')}, fingerprint "
                          f"{after.get('fingerprint')}); delete it and evaluate {run.run_id} again")
-    base_file = base_path(_results_dir(run), run.parts["model"], after["text"])
+    base_file = base_path(_results_dir(run), run.model, after["text"])
     base = read_json(base_file, "the base model's forgetting measurement (rule forgetting_base)")
     for key in ("texts_sha256", "protocol", "n_tokens", "model_files_sha256"):
         if base.get(key) != after.get(key):
@@ -260,7 +260,7 @@ def table_note(runs: list) -> str | None:
     bases = {}
     for r, v in ((r, run_value(r)) for r in runs):
         if v is not None:
-            bases[(r.parts["model"], v["text"])] = (v["before"], v["n_tokens"])
+            bases[(r.model, v["text"])] = (v["before"], v["n_tokens"])
     if not bases:
         return None
     where = "; ".join(f"{m} on {t}: {b:.4f} over {n} tokens" for (m, t), (b, n) in bases.items())

@@ -254,28 +254,32 @@ def finish(acc, prepared):
     return model
 
 
+ENGINE_TAG = "zero"
+
+
 def save_engine_state(acc, ckpt_dir) -> bool:
     """DeepSpeed: every rank writes its ZeRO partition of the optimizer state (and the trainable
-    weights) under ``ckpt_dir/deepspeed`` (a collective: call it on every rank). False otherwise:
-    the caller's own checkpoint holds the whole optimizer state."""
+    weights) under ``ckpt_dir/deepspeed`` (a collective: call it on every rank), ckpt_dir being the
+    new checkpoint's own directory (harness.checkpoint). False otherwise: the caller's own
+    checkpoint holds the whole optimizer state."""
     if not is_deepspeed(acc) or acc.deepspeed_engine_wrapped is None:
         return False
     path = pathlib.Path(ckpt_dir) / "deepspeed"
-    acc.deepspeed_engine_wrapped.engine.save_checkpoint(str(path), tag="latest", save_latest=False,
+    acc.deepspeed_engine_wrapped.engine.save_checkpoint(str(path), tag=ENGINE_TAG, save_latest=False,
                                                         exclude_frozen_parameters=True)
     return True
 
 
 def load_engine_state(acc, ckpt_dir) -> bool:
     """DeepSpeed, after preparing the model: restore every rank's ZeRO optimizer partition saved by
-    :func:`save_engine_state`; False when not under DeepSpeed."""
+    :func:`save_engine_state` into the checkpoint directory ckpt_dir; False when not under DeepSpeed."""
     if not is_deepspeed(acc):
         return False
     path = pathlib.Path(ckpt_dir) / "deepspeed"
-    if not (path / "latest").is_dir():
-        raise FileNotFoundError(f"cannot resume under DeepSpeed: {path}/latest (the ZeRO optimizer state) is "
+    if not (path / ENGINE_TAG).is_dir():
+        raise FileNotFoundError(f"cannot resume under DeepSpeed: {path / ENGINE_TAG} (the ZeRO optimizer state) is "
                                 "missing; delete the run's checkpoints/ to start over")
-    acc.deepspeed_engine_wrapped.engine.load_checkpoint(str(path), tag="latest", load_optimizer_states=True,
+    acc.deepspeed_engine_wrapped.engine.load_checkpoint(str(path), tag=ENGINE_TAG, load_optimizer_states=True,
                                                         load_lr_scheduler_states=False, load_module_strict=False)
     return True
 

@@ -27,9 +27,22 @@ def choice_path(config: dict) -> str:
     return f"{config['paths']['results']}/{FILE}"
 
 
+EXPERIMENT = "lr_sweep"  # its entry in a config's experiments
+
+
+def entry(config: dict) -> dict | None:
+    """The config's experiments.lr_sweep (None: no learning rate is tuned)."""
+    return config["experiments"].get(EXPERIMENT)
+
+
+def run_ids(config: dict, exp: dict | None = None) -> list[str]:
+    """Every run of the sweep, in the config's order."""
+    return [rid for rates in sweep_run_ids(config, exp).values() for rid in rates.values()]
+
+
 def sweep_run_ids(config: dict, exp: dict | None = None) -> dict[str, dict[float, str]]:
     """{method: {rate: run id}} of the sweep, in the config's order."""
-    exp = exp or config["experiments"]["lr_sweep"]
+    exp = exp or config["experiments"][EXPERIMENT]
     seed = exp.get("seed", config["seeds"][0])
     out = {}
     for method, rates in exp["lrs"].items():
@@ -45,7 +58,7 @@ def choose(ctx) -> dict:
     lies on the grid's edge (then the grid may not bracket the best rate)."""
     from harness.reports.cells import Group
 
-    exp = ctx.config["experiments"]["lr_sweep"]
+    exp = ctx.config["experiments"][EXPERIMENT]
     suite = hc.val_suite(ctx.suite(exp["dataset"]))
     tasks = ctx.tasks(exp["dataset"])
     by_id = {r.run_id: r for r in ctx.runs}
@@ -83,7 +96,7 @@ def write_choice(config: dict, record_paths, out) -> dict:
     from harness.reports.cells import Ctx
     from harness.reports.runs import load_run
 
-    choice = to_json(choose(Ctx("lr_sweep", config, [load_run(p) for p in record_paths])))
+    choice = to_json(choose(Ctx(EXPERIMENT, config, [load_run(p) for p in record_paths])))
     failed = {m: c for m, c in choice["methods"].items() if c["chosen"] is None}
     if failed:
         lines = [f"  {m}: " + "; ".join(f"{lr} {e['state']} ({e['reason']})" for lr, e in c["rates"].items())

@@ -223,13 +223,14 @@ def _method_arm(run, acc, device, batches, total_steps, model=None) -> _Arm:
     model.train()  # as the loop: from_pretrained returns eval mode, training runs in train mode
     if warm:
         start = time.perf_counter()
-        stepper = warmup_phase(method, model, run, acc, total_steps + warm)
+        stepper = warmup_phase(method, model, run, acc, total_steps + warm).step
         for i in range(warm):
             stepper(iter([{k: v.to(device) for k, v in batches[i % len(batches)].items()}]), i)
         _sync(device)
         warmup_seconds = time.perf_counter() - start
     info = method.apply(model)
-    model, opt, sched = main_phase(model, run, acc, total_steps + warm, warm)
+    phase = main_phase(model, run, acc, total_steps + warm, warm)
+    model, opt, sched = phase.model, phase.opt, phase.sched
     info = {k: v for k, v in info.items() if isinstance(v, (int, float, str, list, type(None)))}
     return _Arm(method.name, getattr(cls, "label", method.name), model,
                 _loop_step(run, acc, model, opt, sched), opt, {**info, "warmup_steps": warm}, warmup_seconds)

@@ -12,6 +12,8 @@ Every line after the header is indented by 16 spaces, as in the upstream f-strin
 """
 from __future__ import annotations
 
+from harness.cloze import encode_pair
+
 _PAD = " " * 16
 
 _TRAIN_WITH_INPUT = (
@@ -135,8 +137,6 @@ def tokenize_cloze(tokenizer, record: dict, cutoff_len: int) -> dict:
     option's tokens only and no EOS is added (the scorer never scores one). Cut at cutoff_len like a
     generative record: an example whose option is cut off entirely keeps no answer token and is
     dropped (counted) by the loop."""
-    from harness.cloze import encode_pair
-
     ctx, cont = encode_pair(tokenizer, record["cloze"]["prompt"], record["output"])
     ids = (ctx + cont)[:cutoff_len]
     labels = ([-100] * len(ctx) + cont)[:cutoff_len]

@@ -26,17 +26,37 @@ def sha256_file(path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def atomic_write_json(path, obj) -> pathlib.Path:
-    """Write obj as indented JSON to path through a temporary file and rename (no torn files)."""
+def atomic_write(path, write, binary: bool = False) -> pathlib.Path:
+    """The project's one atomic writer: `write(handle)` fills a temporary file beside `path` (text,
+    UTF-8; `binary`: bytes), which then replaces `path` by a rename, so a reader never sees a torn
+    file; on an error the temporary file is removed and `path` is left as it was."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
+    try:
+        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8") as handle:
+            write(handle)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path, text: str) -> pathlib.Path:
+    """`text` written to path atomically (atomic_write)."""
+    return atomic_write(path, lambda handle: handle.write(text))
+
+
+def atomic_write_json(path, obj) -> pathlib.Path:
+    """obj as indented JSON (and a final newline) written to path atomically (atomic_write)."""
+    def write(handle):
         json.dump(obj, handle, indent=2, sort_keys=False, default=str)
         handle.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-    return path
+
+    return atomic_write(path, write)
 
 
 def _git(*args) -> str | None:
@@ -130,8 +150,17 @@ def read_json(path, what: str = "JSON file", error: type = ValueError):
 
 
 def read_record(path) -> dict:
-    """A run record (record.json), with an error naming the file when it is not valid JSON."""
-    return read_json(path, "run record")
+    """A run record (record.json): the project's one record reader. A missing, corrupt or non-record
+    file is an error naming it and the fix."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: train the run first")
+    record = read_json(path, "run record")
+    if not isinstance(record, dict) or not isinstance(record.get("run_info"), dict) \
+            or "status" not in record["run_info"]:
+        raise ValueError(f"{path} is not a run record (no run_info.status); delete the run "
+                         f"directory {path.parent} and train the run again")
+    return record
 
 
 # ---- run fingerprint: what determines training -----------------------------------------------

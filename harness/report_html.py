@@ -6,9 +6,10 @@
   as the .md/.tex do. Registered with `report()` in workflow/rules/report.smk.
 * `caption_facts(config, target)`: what a caption says about a target that the config decides
   before anything runs (the runs, their seeds, n test examples per run, the suites), handed to
-  the caption templates workflow/report/<target>.rst as `snakemake.params.facts`; the numbers
-  measured (n and seeds per row, intervals) are in the rendered table or drawn in the figure.
-* `REPORT_GROUPS`: target -> (category, subcategory): the report's sections follow the paper's tables.
+  the target's caption template (its module's CAPTION, written to a file by `write_caption`) as
+  `snakemake.params.facts`; the numbers measured (n and seeds per row, intervals) are in the
+  rendered table or drawn in the figure.
+* A target's section of the report is its module's SECTION (harness.reports.Target.section).
 """
 from __future__ import annotations
 
@@ -18,26 +19,6 @@ import pathlib
 
 from harness import config as hc
 from harness import reports
-
-# paper table -> the targets that show it; the figures sit with the table whose runs they draw
-REPORT_GROUPS = {
-    "table1": ("Table 1: step time and memory", "table"),
-    "lr_sweep": ("Learning rates tuned per method", "table: the sweep on the validation split"),
-    "table2": ("Table 2: commonsense at equal budget", "table"),
-    "figure_pareto": ("Table 2: commonsense at equal budget", "figure: accuracy against cost and forgetting"),
-    "table3": ("Table 3: budget sweep", "table"),
-    "figure3": ("Table 3: budget sweep", "figure 3: accuracy against budget"),
-    "figure_val_loss": ("Table 3: budget sweep", "figure: validation loss against step"),
-    "table4": ("Table 4: MLP and attention split", "table"),
-    "figure_table4": ("Table 4: MLP and attention split", "figure"),
-    "table5": ("Table 5: arithmetic", "table"),
-    "table6": ("Table 6: K, Q, V placement", "table"),
-    "figure_table6": ("Table 6: K, Q, V placement", "figure"),
-    "figure4": ("Table 6: K, Q, V placement", "figure 4: layer x Q/K/V map of SMT's blocks"),
-    "figure5": ("Table 6: K, Q, V placement", "figure 5: trainable parameters per Q/K/V"),
-    "table7": ("Table 7: SMT ablations", "table"),
-    "figure7": ("Table 7: SMT ablations", "figure 7"),
-}
 
 _STYLE = """
 body { font-family: sans-serif; font-size: 13px; margin: 1em; }
@@ -88,22 +69,34 @@ def table_page(csv_path, html_path) -> pathlib.Path:
 
 
 def caption_facts(config: dict, target: str) -> dict:
-    """What the config says about a target's runs, for its caption: run count, seeds, and n test
-    examples per run of each suite (the eval limit per task times the tasks; 'the whole test set'
-    without a limit). Table 1 profiles methods on training batches: no test examples."""
-    if target == "table1":
-        exp = config["experiments"]["table1"]
-        return {"runs": f"{len(exp['methods'])} methods profiled side by side", "seeds": "-", "n": "-",
-                "config": config["name"]}
-    runs = reports.expand_runs(config, target)
+    """What the config says about a target's runs, for its caption: its module's `caption_facts`
+    where it has one (Table 1: methods profiled, no test examples), else `run_facts`."""
+    t = reports.target(target)
+    if t.has("caption_facts"):
+        return dict(t.module.caption_facts(config, t.exp(config)))
+    return run_facts(config, reports.expand_runs(config, target), reports.eval_split(target))
+
+
+def run_facts(config: dict, runs: list[str], split: str = "test", limit: int | None = None) -> dict:
+    """Run count, seeds, and n examples per run of each suite (the eval limit per task times the
+    tasks, or `limit` per task where given; 'the whole test set' without a limit)."""
     seeds = sorted({hc.parse_run_id(r)["seed"] for r in runs})
     per_suite = []
     for suite in dict.fromkeys(hc.suite_of(config, r) for r in runs):
         ev = config["eval"][suite]
-        k, limit, kind = len(ev["tasks"]), ev.get("limit"), "test"
-        if getattr(reports.target(target).module, "EVAL_SPLIT", "test") == "validation":  # the lr sweep
-            limit, kind = config["experiments"]["lr_sweep"]["validation"]["limit"], "validation"
-        per_suite.append(f"{suite}: {limit} per task x {k} tasks = {limit * k} {kind} examples per run" if limit
+        k, n = len(ev["tasks"]), limit or ev.get("limit")
+        per_suite.append(f"{suite}: {n} per task x {k} tasks = {n * k} {split} examples per run" if n
                          else f"{suite}: the whole test set of each of {k} tasks")
     return {"runs": f"{len(runs)} run" + ("s" if len(runs) != 1 else ""), "seeds": ", ".join(map(str, seeds)) + f" ({len(seeds)} seed"
             + ("s" if len(seeds) != 1 else "") + ")", "n": "; ".join(per_suite), "config": config["name"]}
+
+
+def write_caption(target: str, directory) -> pathlib.Path:
+    """The target's caption (its module's CAPTION) as `<directory>/<target>.rst`, the file
+    Snakemake's report reads; written only when its text changed."""
+    path = pathlib.Path(directory) / f"{target}.rst"
+    text = reports.target(target).caption
+    if not path.is_file() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return path

@@ -200,3 +200,45 @@ class RunConfig:
 def as_run_config(run) -> RunConfig:
     """`run` as a RunConfig: the object itself, or its JSON form parsed (at a process boundary)."""
     return run if isinstance(run, RunConfig) else RunConfig.from_json(run)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """One evaluation suite's settings, resolved once from the config (harness.config.resolve.resolve_eval):
+    what the evaluate rule passes to its job (`to_json`, a rule param) and what an evaluation output
+    keeps as `eval_cfg`. `split`/`start`: experiments.lr_sweep's validation split (`<suite>_val`);
+    `protocol`/`metric`: the cloze protocol and its primary metric (None: the generative protocol).
+    No data root: where the data lives decides nothing (harness.data.resolve_data_root)."""
+
+    suite: str
+    tasks: tuple
+    limit: Optional[int] = None
+    batch_size: int = 8
+    max_new_tokens: int = 32
+    num_beams: int = 1
+    repetition_penalty: float = 1.0
+    protocol: Optional[str] = None
+    metric: Optional[str] = None
+    split: Optional[str] = None
+    start: Optional[dict] = None
+
+    _OPTIONAL = ("protocol", "metric", "split", "start")  # left out of the JSON form when None
+
+    def to_json(self) -> dict:
+        out = {"suite": self.suite, "tasks": list(self.tasks), "limit": self.limit, "batch_size": self.batch_size,
+               "max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams,
+               "repetition_penalty": self.repetition_penalty}
+        out.update({k: copy.deepcopy(getattr(self, k)) for k in self._OPTIONAL if getattr(self, k) is not None})
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict) -> "EvalConfig":
+        if isinstance(data, cls):
+            return data
+        if not isinstance(data, dict):
+            raise RunConfigError(f"an eval config is a mapping, got {type(data).__name__}")
+        _check_keys("eval config", data, cls)
+        for key in ("suite", "tasks"):
+            if key not in data:
+                raise RunConfigError(f"eval config: no `{key}`")
+        return cls(**{**copy.deepcopy(data), "tasks": tuple(data["tasks"])})

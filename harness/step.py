@@ -4,8 +4,8 @@
 optimizer and scheduler step): the training loop (harness.train) runs it and profiling
 (harness.profile, Table 1) times it. `make_optimizer` (AdamW + the schedule), `build_accelerator`
 (the engine), `warmup_phase` (SMT's warm-up steps: every weight trains or only gradients are
-summed) and `main_phase` (the method's own parameters) are the set-up both of them use, so a
-profile measures exactly what training runs.
+summed) and `main_phase` (the method's own parameters), each a `Phase` (its TrainStep and its
+end), are the set-up both of them use, so a profile measures exactly what training runs.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from harness import launch
+from harness.checkpoint import restore_training
 from harness.loss import causal_lm_loss, n_answer_tokens
 from harness.train_data import collate
 
@@ -172,8 +173,35 @@ def validation_loss(model, examples: list, batch_size: int, pad_id: int, device)
 
 
 # ---- the two phases a run trains in -------------------------------------------------------------
-def warmup_phase(method, model, run, accelerator, total_steps: int) -> TrainStep:
-    """The step of a method's warm-up (SMT: `method.warmup_steps` steps before its selection).
+@dataclasses.dataclass
+class Phase:
+    """One phase of a run, ready to step: the steps up to `last` (exclusive) with `step`, the
+    phase's TrainStep (bound to its prepared model, optimizer and scheduler).
+
+    main: the method's own training (counts tokens, validates every train.val_every steps, keeps
+    checkpoints); False for a warm-up, whose curve points carry `tag` ("warmup")."""
+
+    name: str
+    last: int
+    step: TrainStep
+    main: bool
+    tag: str | None = None
+
+    @property
+    def model(self):
+        return self.step.model
+
+    @property
+    def opt(self):
+        return self.step.opt
+
+    @property
+    def sched(self):
+        return self.step.sched
+
+
+def warmup_phase(method, model, run, accelerator, total_steps: int) -> Phase:
+    """A method's warm-up (SMT: `method.warmup_steps` steps before its selection).
 
     Every weight requires grad and `method.begin_warmup(model)` starts its scoring; warmup_mode
     full_ft: the steps update every weight with their own AdamW (schedule from step 0 over the whole
@@ -192,17 +220,21 @@ def warmup_phase(method, model, run, accelerator, total_steps: int) -> TrainStep
         prepared = model  # gradients only: no ZeRO engine (it needs an optimizer); the scorer all-reduces
     else:
         prepared = accelerator.prepare(model)
-    return TrainStep(run.train, prepared, opt, sched, accelerator, after_backward=method.after_warmup_backward)
+    step = TrainStep(run.train, prepared, opt, sched, accelerator, after_backward=method.after_warmup_backward)
+    return Phase("warmup", method.warmup_steps, step, main=False, tag="warmup")
 
 
-def main_phase(model, run, accelerator, total_steps: int, offset: int, restore=None):
-    """(prepared model, optimizer, scheduler) of the main phase: AdamW over the parameters the
-    method left trainable, its schedule continuing at `offset` (after a warm-up). `restore(opt,
-    sched)`, when given, loads a checkpoint's states before the engine takes the optimizer."""
+def main_phase(model, run, accelerator, total_steps: int, offset: int, checkpoint: dict | None = None) -> Phase:
+    """The main phase: AdamW over the parameters the method left trainable, its schedule continuing
+    at `offset` (after a warm-up). `checkpoint` (harness.checkpoint.load_checkpoint), when resuming:
+    its weights, optimizer and scheduler states are loaded before the engine takes the optimizer,
+    DeepSpeed's ZeRO partitions after."""
     model.train()
     opt, sched = make_optimizer(model, run, total_steps, offset)
-    if restore is not None:
-        restore(opt, sched)
+    if checkpoint is not None:
+        restore_training(checkpoint, model, opt, sched)
     launch.select_phase(accelerator, "train")  # DeepSpeed: this phase's ZeRO-2 config (offload for full FT)
     prepared, opt = accelerator.prepare(model, opt)
-    return prepared, opt, sched
+    if checkpoint is not None:
+        launch.load_engine_state(accelerator, checkpoint["dir"])
+    return Phase("train", total_steps, TrainStep(run.train, prepared, opt, sched, accelerator), main=True)

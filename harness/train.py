@@ -25,6 +25,7 @@ harness.checkpoint.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import os
@@ -37,13 +38,12 @@ import torch
 
 import baselines
 from harness import launch
-from harness.checkpoint import (CKPT_DIR, discard_resume_state, load_trainable, resume_state, save_resumable,
-                                set_rng_state)
+from harness.checkpoint import CKPT_DIR, discard_resume_state, open_checkpoint, save_checkpoint, set_rng_state
 from harness.models import load_model
 from harness.records import (append_attempt, file_sizes, fingerprint, fingerprint_inputs, new_record,
                              read_attempts, write_record)
 from harness.run_config import as_run_config
-from harness.step import (DivergedError, TrainStep, build_accelerator, main_phase, peak_memory_bytes, set_seed,
+from harness.step import (DivergedError, build_accelerator, main_phase, peak_memory_bytes, set_seed,
                           validation_loss, warmup_phase)
 from harness.train_data import batch_stream, load_data, total_steps
 
@@ -121,12 +121,117 @@ def train(run, out_dir, threads: int | None = None) -> dict:
     return record
 
 
+@dataclasses.dataclass
+class RunState:
+    """Where a run stands: its step, its curves, the tokens and seconds trained so far. Made by
+    `fresh()` or `from_checkpoint()` (the one branch on resume); what a checkpoint saves."""
+
+    step: int = 0
+    loss_curve: list = dataclasses.field(default_factory=list)
+    val_curve: list = dataclasses.field(default_factory=list)
+    tokens: int = 0
+    prior_seconds: float = 0.0        # main-phase seconds of earlier attempts
+    checkpoint: dict | None = None    # resumed: the checkpoint (weights, optimizer, scheduler, ZeRO partitions)
+
+    @classmethod
+    def fresh(cls) -> "RunState":
+        return cls()
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict, method, model) -> "RunState":
+        """The state a checkpoint saved; the method puts the model as its warm-up left it."""
+        method.resume(model, ckpt["dir"] / "method")
+        return cls(step=ckpt["step"], loss_curve=ckpt["loss_curve"], val_curve=ckpt.get("val_curve", []),
+                   tokens=ckpt["tokens"], prior_seconds=ckpt["train_seconds"], checkpoint=ckpt)
+
+    @property
+    def resumed_from(self) -> int | None:
+        return self.checkpoint["step"] if self.checkpoint is not None else None
+
+    def batches(self, data, run, pad_id, total, acc):
+        """The micro-batches from this step on; a resumed run then gets the RNG the interrupted run had
+        there (set after the stream is built: the same draws as the uninterrupted run)."""
+        stream = batch_stream(data.train, run, pad_id, self.step, total, acc)
+        if self.checkpoint is not None:
+            set_rng_state(self.checkpoint["rng"])
+        return stream
+
+
+@dataclasses.dataclass
+class Loop:
+    """What every part of the loop reads: the run, its method, engine, data and record, and its state."""
+
+    run: object
+    method: object
+    acc: object
+    data: object
+    pad_id: int
+    total: int
+    out_dir: pathlib.Path
+    info: dict                    # the record's train_info, filled as the run goes
+    fp: str
+    fp_inputs: dict
+    state: RunState
+    progress: object = None
+    seconds: float = 0.0          # main-phase seconds, this attempt's and earlier ones'
+
+    def validate(self, model, tag=None) -> None:
+        if not self.data.val:
+            return
+        t, s = self.run.train, self.state
+        loss = validation_loss(model, self.data.val, t.micro_batch_size, self.pad_id, self.acc.device)
+        s.val_curve.append({"step": s.step, "val_loss": round(loss, 6), **({"phase": tag} if tag else {})})
+        self.info["final_val_loss"] = s.val_curve[-1]["val_loss"]
+        log.info("step %d: validation loss %.4f", s.step, loss)
+
+    def checkpoint(self, phase) -> None:
+        s = self.state
+        save_checkpoint(self.acc, self.out_dir, phase.model, phase.opt, phase.sched, self.method,
+                        {"fingerprint": self.fp, "fingerprint_inputs": self.fp_inputs, "step": s.step,
+                         "loss_curve": list(s.loss_curve), "val_curve": list(s.val_curve), "tokens": s.tokens,
+                         "train_seconds": self.seconds})
+
+    def run_phase(self, phase) -> None:
+        """Step `phase` from the state's step to its end: log, validate, checkpoint.
+
+        A phase's start is validated (unless the run resumed there: the checkpoint holds it); a main
+        phase after a warm-up keeps its start as a checkpoint at once (the warm-up is never repeated).
+        Then each step: the loss (and lr) every train.log_every steps and at the last; main phase:
+        the tokens, a validation every train.val_every steps and at the last, a checkpoint every
+        train.checkpoint_every steps but the last."""
+        s, t, every_val = self.state, self.run.train, val_every(self.run.train, bool(self.data.val))
+        batches = s.batches(self.data, self.run, self.pad_id, self.total, self.acc)
+        if s.step != s.resumed_from:
+            self.validate(phase.model, phase.tag)
+        start, prior = time.time(), s.prior_seconds
+        self.seconds = prior
+        if phase.main and s.step > 0 and s.step != s.resumed_from:
+            self.checkpoint(phase)
+        while s.step < phase.last:
+            res = phase.step(batches, s.step)
+            s.step += 1
+            self.info["steps"] = s.step
+            self.progress.update(1)
+            self.progress.set_postfix(loss=f"{res.loss:.4f}", tok_s=f"{res.tokens / max(res.seconds, 1e-9):.0f}")
+            if s.step % t.log_every == 0 or s.step == self.total:
+                s.loss_curve.append({"step": s.step, "loss": round(res.loss, 6), "lr": res.lr,
+                                     **({"phase": phase.tag} if phase.tag else {})})
+            if not phase.main:
+                continue
+            s.tokens += res.tokens
+            self.seconds = prior + time.time() - start
+            if (every_val and s.step % every_val == 0) or s.step == self.total:
+                self.validate(phase.model)
+            if t.checkpoint_every and s.step % t.checkpoint_every == 0 and s.step < self.total:
+                self.checkpoint(phase)
+        self.seconds = prior + time.time() - start
+
+
 def _train(run, out_dir: pathlib.Path, record: dict, attempt: dict, attempts: list) -> None:
     from tqdm.auto import tqdm
 
-    t, info, resume_dir = run.train, record["train_info"], out_dir / CKPT_DIR
-    curve, val_curve = [], []
-    info.update({"loss_curve": curve, "val_curve": val_curve, "steps": 0})
+    info = record["train_info"]
+    info.update({"loss_curve": [], "val_curve": [], "steps": 0})
 
     # ---- set-up: what this run is, the method, the engine
     fp_inputs = fingerprint_inputs(run.to_json(), record["meta_info"], TRAIN_CODE_VERSION)
@@ -136,16 +241,9 @@ def _train(run, out_dir: pathlib.Path, record: dict, attempt: dict, attempts: li
     method.fingerprint = fp
     set_seed(run.seed)
     acc = build_accelerator(run, method)
-
-    # ---- start fresh or resume: the one branch
-    ckpt, reason = resume_state(out_dir, fp, fp_inputs, method, attempts)
-    acc.wait_for_everyone()
-    if ckpt is None:
-        if reason:
-            log.warning("starting run %s afresh: %s", run.run_id, reason)
-        if acc.is_main_process:
-            discard_resume_state(out_dir, reason or "fresh start")
-        acc.wait_for_everyone()
+    ckpt, reason = open_checkpoint(acc, out_dir, fp, fp_inputs, method, attempts)
+    if reason:
+        log.warning("starting run %s afresh: %s", run.run_id, reason)
     attempt["fresh_start_reason"] = reason
     model, tok = load_model(run.model.path, run.model.dtype, acc.device)
     model.train()  # from_pretrained returns eval mode; training runs with dropout, as HF's Trainer
@@ -153,112 +251,54 @@ def _train(run, out_dir: pathlib.Path, record: dict, attempt: dict, attempts: li
     info.update({"n_records": data.n_records, "n_dropped_no_answer": data.n_dropped_no_answer,
                  "n_examples": len(data.train), "n_val_examples": len(data.val),
                  "val_prior_loss": data.val_prior_loss})
-    total, warm = total_steps(run, len(data.train), acc.num_processes), method.warmup_steps
-    if warm >= total:
-        raise ValueError(f"SMT warm-up ({warm} steps) must be shorter than the run ({total} steps); "
-                         "lower the method's warmup_steps or raise train.max_steps")
-    every_val, log_every = val_every(t, bool(data.val)), t.log_every
-    progress = tqdm(total=total, desc=run.run_id or method.name, disable=not acc.is_main_process,
-                    initial=ckpt["step"] if ckpt else 0)
+    total = total_steps(run, len(data.train), acc.num_processes)
+    method.check_run_length(total)
 
-    def stream(start_step):
-        return batch_stream(data.train, run, tok.pad_token_id, start_step, total, acc)
+    # ---- start fresh or resume: the one branch
+    if ckpt is None:
+        state = RunState.fresh()
+    else:
+        state = RunState.from_checkpoint(ckpt, method, model)
+        info["resumed_from_step"] = attempt["resumed_from_step"] = state.step
+        log.info("resuming run %s from step %d", run.run_id, state.step)
+    info.update({"loss_curve": state.loss_curve, "val_curve": state.val_curve})
+    loop = Loop(run, method, acc, data, tok.pad_token_id, total, out_dir, info, fp, fp_inputs, state)
+    loop.progress = tqdm(total=total, desc=run.run_id or method.name, disable=not acc.is_main_process,
+                         initial=state.step)
 
-    def validate(step, net, phase=None):
-        if not data.val:
-            return
-        loss = validation_loss(net, data.val, t.micro_batch_size, tok.pad_token_id, acc.device)
-        val_curve.append({"step": step, "val_loss": round(loss, 6), **({"phase": phase} if phase else {})})
-        info["final_val_loss"] = val_curve[-1]["val_loss"]
-        log.info("step %d: validation loss %.4f", step, loss)
-
-    def log_point(step, res, phase=None):
-        curve.append({"step": step, "loss": round(res.loss, 6), "lr": res.lr, **({"phase": phase} if phase else {})})
-
-    start_time = time.time()
-    if ckpt is None and warm:  # the method's warm-up (SMT: score blocks by summed gradients)
-        validate(0, model, phase="warmup")
-        stepper, batches = warmup_phase(method, model, run, acc, total), stream(0)
-        for step in range(warm):
-            res = stepper(batches, step)
-            info["steps"] = step + 1
-            progress.update(1)
-            if (step + 1) % log_every == 0:
-                log_point(step + 1, res, phase="warmup")
-        info["warmup_seconds"] = round(time.time() - start_time, 3)
+    # ---- the method's warm-up (SMT: score blocks by summed gradients); a resumed run is past it
+    if state.step < method.warmup_steps:
+        start = time.time()
+        loop.run_phase(warmup_phase(method, model, run, acc, total))
+        info["warmup_seconds"] = round(time.time() - start, 3)
         if acc.is_main_process:
-            method.end_warmup(model, resume_dir)
-    elif ckpt is not None:
-        method.resume(model, resume_dir)
+            method.end_warmup(model, out_dir / CKPT_DIR)
 
     # ---- the method: only its parameters train from here on
     info.update(method.apply(model, out_dir))
     record["run_info"]["budget_reached"] = info["budget_reached"]
-    tokens, prior_seconds, step = 0, 0.0, warm if ckpt is None else ckpt["step"]
-    if not method.trains:  # the zero-shot reference: the base model's validation loss, no step
-        progress.close()
-        validate(0, model)
-        return _finish(method, model, data, 0, 0.0, 0, every_val, curve, val_curve, acc, t, info, out_dir)
-
-    def restore(opt, sched):
-        load_trainable(model, ckpt["trainable"])
-        if not launch.is_deepspeed(acc):  # DeepSpeed restores its ZeRO partitions after prepare
-            opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-
-    prepared, opt, sched = main_phase(model, run, acc, total, warm, restore if ckpt is not None else None)
-    if ckpt is not None:
-        launch.load_engine_state(acc, resume_dir)
-        curve[:], val_curve[:] = ckpt["loss_curve"], ckpt.get("val_curve", [])
-        tokens, prior_seconds = ckpt["tokens"], ckpt["train_seconds"]
-        info["resumed_from_step"] = attempt["resumed_from_step"] = step
-        log.info("resuming run %s from step %d", run.run_id, step)
-    batches = stream(step)
-    if ckpt is not None:
-        set_rng_state(ckpt["rng"])  # after the stream is built: the same draws as the uninterrupted run
-    else:
-        validate(step, prepared)
-    main_start = time.time()
-
-    def checkpoint(step):
-        save_resumable(acc, out_dir, prepared, opt, sched,
-                       {"fingerprint": fp, "fingerprint_inputs": fp_inputs, "step": step, "loss_curve": list(curve),
-                        "val_curve": list(val_curve), "tokens": tokens,
-                        "train_seconds": prior_seconds + time.time() - main_start})
-
-    # ---- the loop
-    stepper = TrainStep(t, prepared, opt, sched, acc)
-    if warm and ckpt is None:  # the warm-up is not repeated on resume: keep its end at once
-        checkpoint(step)
-    while step < total:
-        res = stepper(batches, step)
-        step += 1
-        info["steps"], tokens = step, tokens + res.tokens
-        progress.update(1)
-        progress.set_postfix(loss=f"{res.loss:.4f}", tok_s=f"{res.tokens / max(res.seconds, 1e-9):.0f}")
-        if step % log_every == 0 or step == total:
-            log_point(step, res)
-        if (every_val and step % every_val == 0) or step == total:
-            validate(step, prepared)
-        if t.checkpoint_every and step % t.checkpoint_every == 0 and step < total:
-            checkpoint(step)
-    progress.close()
-    seconds = prior_seconds + time.time() - main_start
-    model = launch.finish(acc, prepared)  # DeepSpeed: engine released, parameters own their storage
-    _finish(method, model, data, step, seconds, tokens, every_val, curve, val_curve, acc, t, info, out_dir)
+    if method.trains:
+        phase = main_phase(model, run, acc, total, method.warmup_steps, state.checkpoint)
+        loop.run_phase(phase)
+        model = launch.finish(acc, phase.model)  # DeepSpeed: engine released, parameters own their storage
+    else:  # the zero-shot reference: the base model's validation loss, no step
+        loop.validate(model)
+    loop.progress.close()
+    _finish(loop, model)
 
 
-def _finish(method, model, data, step, seconds, tokens, every_val, curve, val_curve, acc, t, info, out_dir):
+def _finish(loop: Loop, model) -> None:
     """Save the delta, fill train_info, drop the checkpoints (unless train.keep_checkpoints)."""
+    method, s, t, acc, info, out_dir = loop.method, loop.state, loop.run.train, loop.acc, loop.info, loop.out_dir
     delta = method.save(model, out_dir / "delta")
     delta_files = file_sizes(out_dir / "delta")
-    info.update({"steps": step, "warmup_steps": method.warmup_steps, "micro_batch_size": t.micro_batch_size,
+    info.update({"steps": s.step, "warmup_steps": method.warmup_steps, "micro_batch_size": t.micro_batch_size,
                  "grad_accum": t.grad_accum, "num_processes": acc.num_processes, "engine": launch.describe(acc),
-                 "tokens": tokens, "first_loss": curve[0]["loss"] if curve else None,
-                 "final_loss": curve[-1]["loss"] if curve else None,
-                 "final_val_loss": val_curve[-1]["val_loss"] if val_curve else None,
-                 "val_every": every_val, "train_seconds": round(seconds, 3),
-                 "tokens_per_s": round(tokens / max(seconds, 1e-9), 1),
+                 "tokens": s.tokens, "first_loss": s.loss_curve[0]["loss"] if s.loss_curve else None,
+                 "final_loss": s.loss_curve[-1]["loss"] if s.loss_curve else None,
+                 "final_val_loss": s.val_curve[-1]["val_loss"] if s.val_curve else None,
+                 "val_every": val_every(t, bool(loop.data.val)), "train_seconds": round(loop.seconds, 3),
+                 "tokens_per_s": round(s.tokens / max(loop.seconds, 1e-9), 1),
                  "peak_memory_bytes": peak_memory_bytes(acc.device), "adapter_path": str(delta),
                  "adapter_bytes": sum(delta_files.values()), "adapter_files": delta_files})
     if acc.is_main_process and not t.keep_checkpoints:

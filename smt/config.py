@@ -9,6 +9,7 @@ from typing import Optional, Union
 
 STRATEGIES = ("mean_abs", "abs_mean", "l1", "l2")
 WARMUP_MODES = ("full_ft", "grad_only")
+MAX_FRACTION = 0.5  # a budget fraction above it is almost surely a percent (0.84 meaning 0.84 %): refused
 
 
 @dataclasses.dataclass
@@ -18,11 +19,16 @@ class SMTConfig:
     Attributes:
         block_size: side ``l`` of the square ``l x l`` sub-matrices (paper: 256 for LLaMA).
             It must divide both dimensions of every target weight.
-        budget: a float in (0, 1) is a fraction of the model's TOTAL parameter count
+        budget: a float in (0, 0.5] is a fraction of the model's TOTAL parameter count
             (``sum(p.numel() for p in model.parameters())``, tied weights counted once);
             the number of blocks is ``floor(budget * total / l**2)`` (rounded down, so the
             fraction reached never exceeds the one asked; the plan records the fraction
-            reached). An int >= 1 is an absolute number of blocks.
+            reached). An int >= 1 is an absolute number of blocks. A float above 0.5 is refused:
+            it is almost surely a percent (0.84 meaning 0.84 %); say so with ``budget_pct``.
+        budget_pct: the budget in percent of the model's TOTAL parameters, the unit of the
+            harness's configs, run ids and ``benchmarks.gpu_check --budget`` (``budget_pct=0.84``
+            is ``budget=0.0084``); give it or ``budget``, not both. Not a field: the config keeps
+            ``budget`` (the fraction), which is what plans and records store.
         target_modules: names of the ``nn.Linear`` modules that may hold blocks. A plain
             name matches the last component of a module name (``"q_proj"`` matches
             ``"model.layers.3.self_attn.q_proj"``); a string starting with ``"re:"`` is a
@@ -46,15 +52,27 @@ class SMTConfig:
     """
 
     block_size: int = 256
-    budget: Union[float, int] = 0.01
+    budget: Union[float, int, None] = None  # None: 0.01, or what budget_pct says
     target_modules: list = dataclasses.field(default_factory=lambda: ["q_proj", "k_proj", "v_proj"])
     quotas: Optional[dict] = None
     strategy: str = "mean_abs"
     warmup_steps: int = 100
     warmup_mode: str = "full_ft"
     accumulate_on_cpu: bool = False
+    budget_pct: dataclasses.InitVar[Optional[float]] = None
 
-    def __post_init__(self):
+    def __post_init__(self, budget_pct=None):
+        if budget_pct is not None:
+            if self.budget is not None:
+                raise ValueError(f"SMTConfig: give budget (a fraction, {self.budget!r}) or budget_pct (a percent, "
+                                 f"{budget_pct!r}), not both")
+            if isinstance(budget_pct, bool) or not isinstance(budget_pct, numbers.Real) \
+                    or not 0.0 < float(budget_pct) < 100.0:
+                raise ValueError(f"SMTConfig.budget_pct is a percent of the model's total parameters in (0, 100), "
+                                 f"got {budget_pct!r}")
+            self.budget = round(float(budget_pct) / 100.0, 10)  # as RunConfig.budget holds it
+        elif self.budget is None:
+            self.budget = 0.01
         self.validate()
 
     def validate(self) -> None:
@@ -94,6 +112,10 @@ class SMTConfig:
         elif not math.isfinite(b) or not 0.0 < b < 1.0:
             raise ValueError(f"SMTConfig.budget as a float is a fraction of the model's total parameters and "
                              f"must lie in (0, 1), got {b!r}; pass an int for an absolute number of blocks")
+        elif b > MAX_FRACTION:
+            raise ValueError(f"SMTConfig.budget={b:g} read as a fraction is {b * 100:g} % of all parameters; if you "
+                             f"meant {b:g} %, write budget_pct={b:g} (or budget={b / 100:g}). A fraction above "
+                             f"{MAX_FRACTION} is refused as almost surely a percent")
 
     def _validate_quotas(self) -> None:
         if not isinstance(self.quotas, dict) or not self.quotas:
@@ -122,7 +144,7 @@ class SMTConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "SMTConfig":
         """Build from a dict; unknown keys raise a ValueError naming them."""
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in dataclasses.fields(cls)} | {"budget_pct"}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown SMTConfig keys {unknown}; known keys: {sorted(names)}")

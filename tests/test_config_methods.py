@@ -24,7 +24,7 @@ def test_unknown_method_key_names_method_key_and_valid_keys(raw):
     bad = copy.deepcopy(raw)
     bad["methods"]["lora"]["rnak"] = 8
     with pytest.raises(hc.ConfigError, match=r"methods\.lora\.rnak: unknown key.*valid keys: rank .*alpha_ratio"):
-        hc.load_config(bad)
+        reports.load_config(bad)
 
 
 @pytest.mark.parametrize("method,key,value,message", [
@@ -37,25 +37,25 @@ def test_bad_method_value_is_named(raw, method, key, value, message):
     bad = copy.deepcopy(raw)
     bad["methods"][method][key] = value
     with pytest.raises(hc.ConfigError, match=message):
-        hc.load_config(bad)
+        reports.load_config(bad)
 
 
 def test_keys_the_code_reads_are_accepted(raw):
     cfg = with_methods(raw, vera={"lr": 1e-3, "placement": "qkvud", "d_initial": 0.2, "rank": 4},
                        lora={"lr": 1e-3, "placement": "qkvud", "rank": 8})
     cfg["train"].update(keep_checkpoints=True, val_records=8, val_every=2, adam_betas=[0.9, 0.95])
-    cfg = hc.load_config(cfg)
+    cfg = reports.load_config(cfg)
     run = hc.resolve_run(cfg, "tiny/commonsense/vera/b2.00/qkvud/s0").to_json()
     assert run["method"]["d_initial"] == 0.2 and run["method"]["rank"] == 4
     assert run["train"]["keep_checkpoints"] and run["train"]["val_records"] == 8 and run["train"]["adam_betas"] == [0.9, 0.95]
     assert hc.resolve_run(cfg, "tiny/commonsense/lora/b2.00/qkvud/s0").to_json()["method"]["rank"] == 8
-    defaults = hc.load_config(raw)["train"]
+    defaults = reports.load_config(raw)["train"]
     assert (defaults["val_records"], defaults["val_every"], defaults["keep_checkpoints"]) == (0, None, False)
     assert defaults["adam_betas"] == [0.9, 0.999]
 
 
 def test_resolved_method_has_every_setting_and_the_registered_name(raw):
-    cfg = hc.load_config(raw)
+    cfg = reports.load_config(raw)
     m = hc.resolve_run(cfg, "tiny/commonsense/smt_absmean/b2.00/qkv/s0").to_json()["method"]
     assert m["name"] == "smt" and m["variant"] == "smt_absmean" and m["lr"] == 1e-3
     assert m["scoring"] == "abs_mean" and m["block_size"] == 16 and m["warmup_steps"] == 2  # inherited
@@ -66,20 +66,20 @@ def test_resolved_method_has_every_setting_and_the_registered_name(raw):
 
 def test_variant_validated_with_its_base_settings(raw):
     with pytest.raises(hc.ConfigError, match=r"methods\.smt_x\.rank: unknown key"):
-        hc.load_config(with_methods(raw, smt_x={"base": "smt", "rank": 3}))
+        reports.load_config(with_methods(raw, smt_x={"base": "smt", "rank": 3}))
     with pytest.raises(hc.ConfigError, match=r"methods\.x\.base: no method 'nope' in the baselines registry"):
-        hc.load_config(with_methods(raw, x={"base": "nope", "lr": 1e-3, "placement": "qkv"}))
+        reports.load_config(with_methods(raw, x={"base": "nope", "lr": 1e-3, "placement": "qkv"}))
     with pytest.raises(hc.ConfigError, match="cycle"):
-        hc.load_config(with_methods(raw, a={"base": "b"}, b={"base": "a"}))
+        reports.load_config(with_methods(raw, a={"base": "b"}, b={"base": "a"}))
     with pytest.raises(hc.ConfigError, match=r"methods\.loner: set `lr`"):
-        hc.load_config(with_methods(raw, loner={"placement": "qkv", "base": "smt_unknown_entry"}))
+        reports.load_config(with_methods(raw, loner={"placement": "qkv", "base": "smt_unknown_entry"}))
 
 
 def test_variant_of_a_registered_method_without_config_entry(raw):
     cfg = copy.deepcopy(raw)
     cfg["methods"]["small_lora"] = {"base": "lora", "lr": 1e-3, "placement": "qkv", "rank": 2, "label": "LoRA r2"}
     cfg["experiments"]["table3"]["methods"].append("small_lora")
-    cfg = hc.load_config(cfg)
+    cfg = reports.load_config(cfg)
     assert "tiny/commonsense/small_lora/b2.00/qkv/s0" in reports.expand_runs(cfg, "table3")
     assert hc.method_label(cfg, "small_lora") == "LoRA r2" and hc.method_label(cfg, "lora") == "LoRA"
     assert hc.resolve_run(cfg, "tiny/commonsense/small_lora/b2.00/qkv/s0").to_json()["method"]["alpha_ratio"] == 2.0
@@ -89,7 +89,7 @@ def test_new_method_is_one_config_entry_and_reaches_every_sweep_target(raw):
     cfg = copy.deepcopy(raw)
     cfg["methods"]["loha"] = {"lr": 1e-3, "placement": "qkvud"}
     cfg["experiments"]["table3"]["methods"] = ["lora", "loha"]  # no lora/dora/smt requirement any more
-    cfg = hc.load_config(cfg)
+    cfg = reports.load_config(cfg)
     for target in ("table2", "table3", "figure3"):
         assert "tiny/commonsense/loha/b2.00/qkvud/s0" in reports.expand_runs(cfg, target)
     assert hc.method_label(cfg, "loha") == "LoHa"
@@ -100,7 +100,7 @@ def test_overrides_apply_by_model_dataset_and_budget(raw):
     cfg["methods"]["smt"]["overrides"] = [
         {"when": {"dataset": "math"}, "set": {"warmup_steps": 1}},
         {"when": {"model": "tiny", "budget": 4.0}, "set": {"lr": 5e-4}}]
-    cfg = hc.load_config(cfg)
+    cfg = reports.load_config(cfg)
     assert hc.resolve_run(cfg, "tiny/math/smt/b2.00/qkv/s0").to_json()["method"]["warmup_steps"] == 1
     assert hc.resolve_run(cfg, "tiny/commonsense/smt/b2.00/qkv/s0").to_json()["method"]["warmup_steps"] == 2
     assert hc.resolve_run(cfg, "tiny/commonsense/smt/b4.00/qkv/s0").to_json()["method"]["lr"] == 5e-4
@@ -110,10 +110,10 @@ def test_overrides_apply_by_model_dataset_and_budget(raw):
     bad = copy.deepcopy(raw)
     bad["methods"]["smt"]["overrides"] = [{"when": {"dataset": "math"}, "set": {"scoring": "bogus"}}]
     with pytest.raises(hc.ConfigError, match=r"methods\.smt\.overrides\[0\]\.set\.scoring"):
-        hc.load_config(bad)
+        reports.load_config(bad)
     bad["methods"]["smt"]["overrides"] = [{"when": {"dataset": "maths"}, "set": {"lr": 1e-3}}]
     with pytest.raises(hc.ConfigError, match=r"overrides\[0\]\.when\.dataset names 'maths'"):
-        hc.load_config(bad)
+        reports.load_config(bad)
 
 
 def test_duplicate_yaml_key_names_key_file_and_line(tmp_path):
@@ -122,7 +122,7 @@ def test_duplicate_yaml_key_names_key_file_and_line(tmp_path):
     path = tmp_path / "dup.yaml"
     path.write_text(text)
     with pytest.raises(hc.ConfigError, match=rf"{path}: duplicate key 'max_steps' at line \d+ \(first at line \d+\)"):
-        hc.load_config(path)
+        reports.load_config(path)
     with pytest.raises(hc.ConfigError, match="duplicate key 'max_steps'"):
         hc.load_yaml_strict(path)
     nested = tmp_path / "nested.yaml"
@@ -136,18 +136,18 @@ def test_recipe_overlay_switches_values_and_unknown_recipe_is_named(raw):
     cfg = copy.deepcopy(raw)
     cfg["recipes"] = {"plain": {}, "fast": {"train": {"max_steps": 1}, "methods": {"smt": {"scoring": "l2"}}}}
     cfg["recipe"] = "fast"
-    loaded = hc.load_config(cfg)
+    loaded = reports.load_config(cfg)
     assert loaded["train"]["max_steps"] == 1 and loaded["methods"]["smt"]["scoring"] == "l2"
     assert loaded["methods"]["smt"]["block_size"] == 16  # mappings merge key by key
     assert hc.resolve_run(loaded, "tiny/commonsense/smt/b2.00/qkv/s0").to_json()["recipe"] == "fast"
     cfg["recipe"] = "plain"
-    assert hc.load_config(cfg)["train"]["max_steps"] == 3
+    assert reports.load_config(cfg)["train"]["max_steps"] == 3
     cfg["recipe"] = "slow"
     with pytest.raises(hc.ConfigError, match=r"recipe: 'slow' is not defined under `recipes:` \(defined: plain, fast\)"):
-        hc.load_config(cfg)
+        reports.load_config(cfg)
     cfg["recipe"], cfg["recipes"]["fast"] = "fast", {"methods": {"smt": {"scoring": "nope"}}}
     with pytest.raises(hc.ConfigError, match=r"methods\.smt\.scoring"):  # the overlay is validated too
-        hc.load_config(cfg)
+        reports.load_config(cfg)
 
 
 def test_targets_are_a_registry_with_table7_and_figure7(raw):
@@ -156,7 +156,7 @@ def test_targets_are_a_registry_with_table7_and_figure7(raw):
     shared = {n for n, t in reports.REGISTRY.items() if t.experiment != n}
     assert {"figure_table4", "figure_table6", "figure_val_loss", "figure_pareto"} == shared
     assert set(reports.experiment_schemas()) == set(reports.TARGETS) - shared
-    cfg = hc.load_config(raw)
+    cfg = reports.load_config(raw)
     # the tiny config builds every target but the learning-rate sweep, which needs protocol: cloze
     # (config/test-cloze.yaml builds it: tests/test_lr_sweep.py)
     assert reports.configured(cfg) == [t for t in reports.TARGETS if t != "lr_sweep"]
@@ -171,7 +171,7 @@ def test_targets_are_a_registry_with_table7_and_figure7(raw):
 def test_table2_extra_rows(raw):
     cfg = copy.deepcopy(raw)
     cfg["experiments"]["table2"]["extra"] = [{"model": "tiny", "methods": ["dora", "smt"], "budgets": [3.0]}]
-    cfg = hc.load_config(cfg)
+    cfg = reports.load_config(cfg)
     runs = reports.expand_runs(cfg, "table2")
     assert {"tiny/commonsense/dora/b3.00/qkvud/s0", "tiny/commonsense/smt/b3.00/qkv/s0"} <= set(runs)
     assert "tiny/commonsense/smt/b3.00/qkv/s0" not in reports.expand_runs(cfg, "table3")

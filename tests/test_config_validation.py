@@ -18,7 +18,7 @@ def raw():
 
 @pytest.mark.parametrize("path", CONFIGS)
 def test_shipped_configs_validate(path):
-    cfg = hc.load_config(hc.REPO_ROOT / path)
+    cfg = reports.load_config(hc.REPO_ROOT / path)
     from harness.launch import LAUNCHERS
 
     assert cfg["paths"]["results"] and cfg["execution"]["launcher"] in LAUNCHERS
@@ -28,39 +28,39 @@ def test_typo_key_is_named(raw):
     bad = copy.deepcopy(raw)
     bad["train"]["max_stepz"] = 3
     with pytest.raises(hc.ConfigError, match=r"train: .*'max_stepz' was unexpected"):
-        hc.load_config(bad)
+        reports.load_config(bad)
 
 
 def test_bad_value_is_named(raw):
     bad = copy.deepcopy(raw)
     bad["experiments"]["table4"]["budget"] = 80
     with pytest.raises(hc.ConfigError, match=r"experiments\.table4\.budget: 80 is greater than"):
-        hc.load_config(bad)
+        reports.load_config(bad)
 
 
 def test_unknown_reference_is_named(raw):
     bad = copy.deepcopy(raw)
     bad["experiments"]["table6"]["placements"] = ["k", "qq"]
     with pytest.raises(hc.ConfigError, match=r"experiments\.table6\.placements names 'qq'"):
-        hc.load_config(bad)
+        reports.load_config(bad)
 
 
 def test_quota_shares_must_sum_to_one(raw):
     bad = copy.deepcopy(raw)
     bad["placements"]["mlp50"]["quotas"]["mlp"]["share"] = 0.7
     with pytest.raises(hc.ConfigError, match="mlp50.quotas"):
-        hc.load_config(bad)
+        reports.load_config(bad)
 
 
 def test_defaults_filled(raw):
-    cfg = hc.load_config(raw)
+    cfg = reports.load_config(raw)
     assert cfg["train"]["lr_scheduler"] == "linear"
     assert cfg["execution"]["mem_mb"]["train"] == 1500
     assert raw["train"].get("lr_scheduler") is None  # the input dict is not modified
 
 
 def test_expand_runs_dedups_shared_runs():
-    cfg = hc.load_config(hc.REPO_ROOT / "config/generative.yaml")  # the generative study (no rate sweep)
+    cfg = reports.load_config(hc.REPO_ROOT / "config/generative.yaml")  # the generative study (no rate sweep)
     qkv = "smollm2-135m/commonsense/smt/b0.84/qkv/s0"
     everything = reports.expand_runs(cfg, "all")
     assert len(everything) == len(set(everything)) == 25  # 24 trained + the zero-shot reference
@@ -77,12 +77,12 @@ def test_expand_runs_dedups_shared_runs():
 
 
 def test_seeds_multiply_runs(raw):
-    cfg = hc.load_config({**raw, "seeds": [0, 1, 2]})
-    assert len(reports.expand_runs(cfg, "table3")) == 3 * len(reports.expand_runs(hc.load_config(raw), "table3"))
+    cfg = reports.load_config({**raw, "seeds": [0, 1, 2]})
+    assert len(reports.expand_runs(cfg, "table3")) == 3 * len(reports.expand_runs(reports.load_config(raw), "table3"))
 
 
 def test_resolve_run_shape():
-    cfg = hc.load_config(hc.REPO_ROOT / "config/config.yaml")
+    cfg = reports.load_config(hc.REPO_ROOT / "config/config.yaml")
     run = hc.resolve_run(cfg, "smollm2-135m/math/smt/b0.86/qkv/s0").to_json()
     assert set(run) >= {"run_id", "model", "dataset", "method", "budget", "placement", "seed", "train", "deviations"}
     assert run["budget"] == pytest.approx(0.0086)
@@ -108,7 +108,7 @@ def test_run_id_roundtrip():
 
 
 def test_eval_cfg_and_data_root(monkeypatch):
-    cfg = hc.load_config(hc.REPO_ROOT / "config/config.yaml")
+    cfg = reports.load_config(hc.REPO_ROOT / "config/config.yaml")
     ev = hc.eval_cfg(cfg, "commonsense")
     assert ev["suite"] == "commonsense" and len(ev["tasks"]) == 8 and ev["limit"] == cfg["eval"]["commonsense"]["limit"]
     assert "data_root" not in ev  # where data lives is resolved by the job (harness.data.resolve_data_root)
@@ -121,7 +121,7 @@ def test_experiment_seeds_and_table2_budgets(raw):
     cfg["experiments"]["table3"]["seeds"] = [0]
     cfg["experiments"]["table2"]["budgets"] = [2.0]
     cfg["experiments"]["table6"]["seeds"] = [1]
-    cfg = hc.load_config(cfg)
+    cfg = reports.load_config(cfg)
     sweep = reports.expand_runs(cfg, "table3")
     assert {hc.parse_run_id(r)["seed"] for r in sweep} == {0} and len(sweep) == 3 * 2
     t2 = [hc.parse_run_id(r) for r in reports.expand_runs(cfg, "table2")]
@@ -139,15 +139,15 @@ def test_experiment_seeds_outside_config_seeds_are_named(raw):
     bad = copy.deepcopy(raw)
     bad["experiments"]["table4"]["seeds"] = [0, 5]
     with pytest.raises(hc.ConfigError, match=r"experiments\.table4\.seeds: \[5\] not in seeds \[0\]"):
-        hc.load_config(bad)
+        reports.load_config(bad)
     bad = copy.deepcopy(raw)
     bad["experiments"]["table2"]["budgets"] = [3.0]
     with pytest.raises(hc.ConfigError, match=r"experiments\.table2\.budgets: \[3\.0\] are not budgets of the sweep"):
-        hc.load_config(bad)
+        reports.load_config(bad)
 
 
 def test_zero_shot_run_is_the_base_model_and_its_name_is_reserved(raw):
-    cfg = hc.load_config(raw)
+    cfg = reports.load_config(raw)
     rid = hc.zero_shot_run_id(cfg, "tiny", "commonsense")
     run = hc.resolve_run(cfg, rid).to_json()
     assert run["method"] == {"name": "zero_shot", "variant": "zero_shot", "lr": 0.0} and run["budget"] == 0.0
@@ -155,4 +155,4 @@ def test_zero_shot_run_is_the_base_model_and_its_name_is_reserved(raw):
     with pytest.raises(hc.ConfigError, match="budget 0, placement 'none' and no learning rate"):
         hc.resolve_run(cfg, "tiny/commonsense/zero_shot/b0.84/qkv/s0")
     with pytest.raises(hc.ConfigError, match="methods.zero_shot: the name is reserved"):
-        hc.load_config({**raw, "methods": {**raw["methods"], "zero_shot": {"lr": 1e-3, "placement": "qkv"}}})
+        reports.load_config({**raw, "methods": {**raw["methods"], "zero_shot": {"lr": 1e-3, "placement": "qkv"}}})

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from harness import config as hc
+from harness import reports
 
 REPO = hc.REPO_ROOT
 MIRROR = pathlib.Path(os.environ.get("SMT_DATA_ROOT", REPO / "../shared/data"))
@@ -31,7 +32,7 @@ def test_evaluate_job_skips_failed_runs_and_never_loses_a_good_evaluation(tmp_pa
     cfg["data_root"] = str(MIRROR.resolve())
     cfg_path = tmp_path / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
-    full = hc.load_config(cfg_path)
+    full = reports.load_config(cfg_path)
     model = hc.model_dir(full, "tiny") + "/prepared.json"
     data = hc.train_set_path(full, "commonsense")
     res = _snakemake(cfg_path, model, data)

@@ -12,6 +12,7 @@ from harness.evaluate import evaluate_model, evaluate_run, extract_answer, is_co
 from harness.models import load_model, prepare_model
 from harness.train import train
 from conftest import tiny_run_cfg
+from harness.run_config import as_run_config
 
 torch.set_num_threads(1)
 MIRROR = pathlib.Path(os.environ.get("SMT_DATA_ROOT", pathlib.Path(__file__).resolve().parents[1] / "../shared/data"))
@@ -98,7 +99,7 @@ def test_evaluate_run_scores_the_trained_model_not_the_base(tmp_path, monkeypatc
     evaluate_model(base, tok, eval_cfg, env / "base")
     model = trained["model"]
     if name != "full_ft":  # evaluation merges; generation must see the same weights
-        model = baselines.get_method(name)(cfg).merge(model)
+        model = baselines.get_method(name)(as_run_config(cfg)).merge(model)
     evaluate_model(model, tok, eval_cfg, env / "trained")
     assert [r["generated"] for r in rows(env / "base")] != [r["generated"] for r in rows(env / "trained")], \
         "the test needs training to change the generations"

@@ -18,6 +18,7 @@ import pytest
 import harness.checkpoint as checkpoint_mod
 from harness import config as hc
 from harness import reports
+from harness.reports.targets import table1
 from harness.checkpoint import CKPT_DIR, CKPT_FILE
 from harness.records import fingerprint, fingerprint_inputs, read_attempts
 from harness.train import train
@@ -53,9 +54,9 @@ def resolved_runs():
     """(config file, run id, resolved run config as the train job sees it) of every run."""
     out = []
     for path in CONFIGS:
-        cfg = hc.load_config(hc.load_yaml_strict(REPO / path))
+        cfg = reports.load_config(hc.load_layered(REPO / path))
         ids = sorted({r for t in reports.configured(cfg) if t != "table1" for r in reports.expand_runs(cfg, t)}
-                     | {hc.profile_run_id(cfg, m, meth) for m, meth in reports.expand_profiles(cfg)})
+                     | {hc.profile_run_id(cfg, m, meth) for m, meth in table1.profiles(cfg, cfg["experiments"]["table1"])})
         for rid in ids:
             run_cfg = hc.resolve_run(cfg, rid).to_json()  # what the train job receives
             assert "threads" not in run_cfg["train"]  # an execution resource: the job's argument

@@ -26,7 +26,7 @@ CLOZE = REPO_ROOT / "config/test-cloze.yaml"
 
 
 def cfg_of(path=CLOZE, **changes):
-    raw = yaml.safe_load(pathlib.Path(path).read_text())
+    raw = hc.load_layered(path)  # an overlay of config/test.yaml (`extends`)
     raw.update(changes)
     return raw
 
@@ -34,7 +34,7 @@ def cfg_of(path=CLOZE, **changes):
 # --- the run-id grammar of a rate ---------------------------------------------------------------
 
 def test_a_rate_in_the_run_id_is_the_runs_rate():
-    cfg = hc.load_config(cfg_of())
+    cfg = reports.load_config(cfg_of())
     rid = hc.make_run_id("tiny", "commonsense", "lora", 2.0, "qkvud", 0, lr=3e-4)
     assert rid == "tiny/commonsense/lora@lr0.0003/b2.00/qkvud/s0"
     parts = hc.parse_run_id(rid)
@@ -54,11 +54,11 @@ def test_a_rate_has_one_spelling(bad):
 
 def test_the_zero_shot_run_takes_no_rate():
     with pytest.raises(hc.ConfigError, match="no learning rate"):
-        hc.resolve_run(hc.load_config(cfg_of()), "tiny/commonsense/zero_shot@lr0.001/b0.00/none/s0")
+        hc.resolve_run(reports.load_config(cfg_of()), "tiny/commonsense/zero_shot@lr0.001/b0.00/none/s0")
 
 
 def test_run_ids_name_the_chosen_rate_for_the_method_and_its_variants():
-    cfg = hc.load_config(cfg_of())
+    cfg = reports.load_config(cfg_of())
     chosen = lr_sweep.with_choice(cfg, {"dataset": "commonsense", "methods": {"smt": {"chosen": 0.01}}})
     assert hc.run_ids(chosen, "tiny", "commonsense", "smt_absmean", 2.0, seeds=[0]) == [
         "tiny/commonsense/smt_absmean@lr0.01/b2.00/qkv/s0"]  # a variant runs at its base's rate
@@ -70,7 +70,7 @@ def test_run_ids_name_the_chosen_rate_for_the_method_and_its_variants():
 # --- the validation split -------------------------------------------------------------------------
 
 def test_validation_starts_beyond_the_evaluated_head_and_the_carve():
-    cfg = hc.load_config(hc.REPO_ROOT / "config/config.yaml")
+    cfg = reports.load_config(hc.REPO_ROOT / "config/config.yaml")
     val = hc.eval_cfg(cfg, "commonsense_val")
     carve = cfg["datasets"]["commonsense"]["carve"]
     head = cfg["eval"]["commonsense"]["limit"]
@@ -85,19 +85,19 @@ def test_a_carve_without_an_end_leaves_no_validation_split():
     raw = cfg_of(hc.REPO_ROOT / "config/config.yaml")
     raw["datasets"]["commonsense"]["carve"]["max_per_task"] = None
     with pytest.raises(hc.ConfigError, match="max_per_task"):
-        hc.load_config(raw)
+        reports.load_config(raw)
 
 
 @pytest.mark.skipif(not MIRROR.is_dir(), reason="offline data mirror not found")
 def test_validation_docs_are_the_records_after_the_start():
-    from harness import cloze
+    from harness import data as hd
 
-    head = cloze.load_cloze_docs("ARC-Easy", MIRROR, 5)
-    val = cloze.load_cloze_docs("ARC-Easy", MIRROR, 3, start=5)
-    more = cloze.load_cloze_docs("ARC-Easy", MIRROR, 8)
+    head = hd.load_cloze_docs("ARC-Easy", MIRROR, 5)
+    val = hd.load_cloze_docs("ARC-Easy", MIRROR, 3, start=5)
+    more = hd.load_cloze_docs("ARC-Easy", MIRROR, 8)
     assert [d.doc_id for d in val] == [5, 6, 7] and val == more[5:8] and not set(d.doc_id for d in head) & {5, 6, 7}
     with pytest.raises(ValueError, match="records"):
-        cloze.load_cloze_docs("openbookqa", MIRROR, 50, start=480)  # 500 records in its test file
+        hd.load_cloze_docs("openbookqa", MIRROR, 50, start=480)  # 500 records in its test file
 
 
 # --- config errors ------------------------------------------------------------------------------------
@@ -107,13 +107,13 @@ def test_the_sweep_needs_the_cloze_protocol():
     raw["protocol"] = "generative"
     raw.pop("primary_metric")
     with pytest.raises(hc.ConfigError, match="protocol: cloze"):
-        hc.load_config(raw)
+        reports.load_config(raw)
 
 
 def test_a_cloze_metric_under_generative_is_refused():
     raw = cfg_of(hc.REPO_ROOT / "config/test.yaml", primary_metric="acc")
     with pytest.raises(hc.ConfigError, match="primary_metric"):
-        hc.load_config(raw)
+        reports.load_config(raw)
 
 
 @pytest.mark.parametrize("change, match", [
@@ -125,11 +125,11 @@ def test_bad_sweep_entries_are_named(change, match):
     raw = cfg_of()
     change(raw["experiments"]["lr_sweep"])
     with pytest.raises(hc.ConfigError, match=match):
-        hc.load_config(raw)
+        reports.load_config(raw)
 
 
 def test_the_test_set_is_scored_only_at_a_chosen_rate():
-    cfg = hc.load_config(cfg_of())
+    cfg = reports.load_config(cfg_of())
     choice = {"dataset": "commonsense", "metric": "acc_norm", "rule": lr_sweep.RULE, "suite": "commonsense_val",
               "methods": {"smt": {"chosen": 0.01, "at_edge": True, "rates": {}}}}
     entry = lr_sweep.check_chosen(choice, cfg, "tiny/commonsense/smt_random@lr0.01/b2.00/qkv/s0")
@@ -146,7 +146,7 @@ def test_dry_run_of_the_default_config_stops_at_the_choice():
     res = snakemake("-n", "--forceall", "table2")
     assert res.returncode == 0, res.stderr[-3000:]
     counts = job_counts(res.stdout)
-    cfg = hc.load_config(hc.REPO_ROOT / "config/config.yaml")
+    cfg = reports.load_config(hc.REPO_ROOT / "config/config.yaml")
     sweep = sum(len(v) for v in cfg["experiments"]["lr_sweep"]["lrs"].values())
     assert counts["train"] == counts["evaluate_val"] == sweep and counts["lr_choice"] == 1
     assert "evaluate" not in counts  # no test evaluation before the rates are chosen
@@ -164,7 +164,7 @@ def cloze_run(tmp_path_factory):
     cfg_file.write_text(yaml.safe_dump(raw))
     res = snakemake("--cores", "2", f"--configfile={cfg_file}", "table2", "lr_sweep", "table7", timeout=1800)
     assert res.returncode == 0, (res.stdout + res.stderr)[-5000:]
-    return out, hc.load_config(raw)
+    return out, reports.load_config(raw)
 
 
 def macro_acc_norm(run_dir, suite, tasks):

@@ -7,6 +7,7 @@ import baselines
 import conftest
 from baselines.base import count_params
 from baselines.lora import rank_for_budget
+from harness.run_config import as_run_config
 
 torch.set_num_threads(1)
 TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
@@ -38,7 +39,7 @@ def test_rank_arithmetic_by_hand():
 def test_budget_reached_counts_trainable_params(name, extra):
     model = tiny_model()
     total = count_params(model)
-    method = baselines.get_method(name)(run_cfg(name, 0.05, TARGETS))
+    method = baselines.get_method(name)(as_run_config(run_cfg(name, 0.05, TARGETS)))
     info = method.apply(model)
     assert info["target_modules"] == TARGETS  # the placement decides where adapters go
     assert info["rank"] == rank_for_budget(tiny_model(), TARGETS, 0.05, dora=name == "dora")
@@ -54,7 +55,7 @@ def test_vera_budget_counts_scaling_vectors():
     model = tiny_model()
     total, outs = count_params(model), 2 * (64 + 32 + 32 + 128 + 64)   # lambda_b: one per output row
     assert vera_rank_for_budget(model, TARGETS, (100 * 10 + outs) / total) == 100  # lambda_d: r per linear
-    info = baselines.get_method("vera")(run_cfg("vera", 0.05, TARGETS)).apply(model)
+    info = baselines.get_method("vera")(as_run_config(run_cfg("vera", 0.05, TARGETS))).apply(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert trainable == info["rank"] * 10 + outs == info["trainable_params"]
     assert abs(info["budget_reached"] - 0.05) < 10 / total
@@ -63,7 +64,7 @@ def test_vera_budget_counts_scaling_vectors():
 def test_smt_budget_and_full_ft():
     model = tiny_model()
     total = count_params(model)
-    method = baselines.get_method("smt")(run_cfg("smt", 0.05, block_size=16, warmup_steps=1))
+    method = baselines.get_method("smt")(as_run_config(run_cfg("smt", 0.05, block_size=16, warmup_steps=1)))
     method.begin_warmup(model)
     batch = torch.randint(0, 260, (2, 12))
     model(input_ids=batch, labels=batch).loss.backward()
@@ -71,7 +72,7 @@ def test_smt_budget_and_full_ft():
     info = method.apply(model)
     assert info["trainable_params"] == (0.05 * total // 256) * 256
     assert info["budget_reached"] <= 0.05 and info["plan_summary"]["n_blocks"] == 0.05 * total // 256
-    full = baselines.get_method("full_ft")(run_cfg("full_ft", None)).apply(tiny_model())
+    full = baselines.get_method("full_ft")(as_run_config(run_cfg("full_ft", None))).apply(tiny_model())
     assert full["budget_reached"] == 1.0
 
 
@@ -88,7 +89,7 @@ def test_full_ft_delta_reloads_with_tied_embeddings(tmp_path):
         return LlamaForCausalLM(LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                             num_key_value_heads=2, intermediate_size=128, vocab_size=260,
                                             tie_word_embeddings=True))
-    model, method = tied(), baselines.get_method("full_ft")(run_cfg("full_ft", None))
+    model, method = tied(), baselines.get_method("full_ft")(as_run_config(run_cfg("full_ft", None)))
     method.apply(model)
     with torch.no_grad():
         for p in model.parameters():

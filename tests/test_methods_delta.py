@@ -12,6 +12,7 @@ import smt
 from harness.models import load_model, prepare_model
 from harness.train import train
 from conftest import parity_records
+from harness.run_config import as_run_config
 
 torch.set_num_threads(1)
 RECORDS = parity_records([(1, 2), (2, 2), (3, 5), (4, 1)])
@@ -89,7 +90,7 @@ def test_smt_reuses_a_saved_plan_without_warmup(env, tmp_path):
     # no warm-up: outside its one block, the delta's model is the base model bit for bit
     base, _ = load_model(env / "model", "float32", "cpu")
     run_cfg = rec["run_info"]["config"]
-    method = baselines.get_method("smt")(run_cfg)
+    method = baselines.get_method("smt")(as_run_config(run_cfg))
     merged = method.merge(method.load(load_model(env / "model", "float32", "cpu")[0], tmp_path / "run" / "delta"))
     b, m = base.state_dict(), merged.state_dict()
     changed = {k for k in b if not torch.equal(b[k], m[k])}
@@ -110,7 +111,7 @@ def test_smt_delta_reproduces_the_trained_model(env, tmp_path, monkeypatch, mode
     monkeypatch.setattr(cls, "save", capture)
     run_cfg = cfg(env, "smt", steps=4, block_size=16, warmup_steps=2, warmup_mode=mode)
     train(run_cfg, tmp_path)
-    method = baselines.get_method("smt")(run_cfg)
+    method = baselines.get_method("smt")(as_run_config(run_cfg))
     merged = method.merge(method.load(load_model(env / "model", "float32", "cpu")[0], tmp_path / "delta"))
     got = merged.state_dict()
     for k, v in seen["state"].items():

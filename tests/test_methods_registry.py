@@ -11,6 +11,7 @@ import conftest
 from baselines.base import count_params
 from baselines.lora import nearest_rank, rank_for_budget, target_linears
 from baselines.settings import SettingsError
+from harness.run_config import as_run_config
 
 torch.set_num_threads(1)
 TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
@@ -56,11 +57,11 @@ def test_smt_settings_defaults_are_smtconfig_defaults():
 def test_unknown_and_bad_settings_are_named(name):
     cls = baselines.get_method(name)
     with pytest.raises(SettingsError, match=rf"methods\.{name}\.nope: unknown key.*valid keys"):
-        cls(run_cfg(name, nope=1))
+        cls(as_run_config(run_cfg(name, nope=1)))
     fields = [f for f in dataclasses.fields(cls.Settings) if f.type in ("int", "Optional[int]", int)]
     if fields:
         with pytest.raises(SettingsError, match=rf"methods\.{name}\.{fields[0].name}: expected an integer"):
-            cls(run_cfg(name, **{fields[0].name: "three"}))
+            cls(as_run_config(run_cfg(name, **{fields[0].name: "three"})))
 
 
 def _train(method, model, steps=3):
@@ -92,7 +93,7 @@ def _train(method, model, steps=3):
 @pytest.mark.parametrize("name", METHODS)
 def test_every_method_trains_meets_its_budget_and_reloads(name, tmp_path):
     cls = baselines.get_method(name)
-    method = cls(run_cfg(name))
+    method = cls(as_run_config(run_cfg(name)))
     model = tiny_model()
     total = count_params(model)
     info, trained, batch, losses = _train(method, model)
@@ -108,7 +109,7 @@ def test_every_method_trains_meets_its_budget_and_reloads(name, tmp_path):
     trained.eval()
     with torch.no_grad():
         want = trained(input_ids=batch).logits
-    fresh = cls(run_cfg(name))
+    fresh = cls(as_run_config(run_cfg(name)))
     reloaded = fresh.merge(fresh.load(tiny_model(), tmp_path / "delta"))
     assert type(reloaded).__name__ == "LlamaForCausalLM"
     reloaded.eval()
@@ -128,7 +129,7 @@ def test_rank_methods_reach_the_nearest_budget(name):
     """No other rank lands nearer to the asked budget than the one chosen (tiny: 2 % asked)."""
     model, cls = tiny_model(), baselines.get_method(name)
     total = count_params(model)
-    info = cls(run_cfg(name, budget=0.02)).apply(model)
+    info = cls(as_run_config(run_cfg(name, budget=0.02))).apply(model)
     lin = target_linears(tiny_model(), TARGETS)
     per_rank = {"lora": sum(m.in_features + m.out_features for m in lin),
                 "dora": sum(m.in_features + m.out_features for m in lin),
@@ -140,12 +141,12 @@ def test_rank_methods_reach_the_nearest_budget(name):
 
 
 def test_lora_rank_setting_overrides_budget():
-    info = baselines.get_method("lora")(run_cfg("lora", rank=3)).apply(tiny_model())
+    info = baselines.get_method("lora")(as_run_config(run_cfg("lora", rank=3))).apply(tiny_model())
     assert info["rank"] == 3 and rank_for_budget(tiny_model(), TARGETS, BUDGET) != 3
 
 
 def _peft_config(name, **settings):
-    method = baselines.get_method(name)(run_cfg(name, **settings))
+    method = baselines.get_method(name)(as_run_config(run_cfg(name, **settings)))
     method.apply(tiny_model())
     return method.rank, method.peft_model.peft_config["default"]
 
@@ -163,7 +164,7 @@ def test_settings_reach_peft():
 
 
 def test_smt_settings_reach_the_plan():
-    method = baselines.get_method("smt")(run_cfg("smt", scoring="l2", warmup_steps=3, warmup_mode="grad_only"))
+    method = baselines.get_method("smt")(as_run_config(run_cfg("smt", scoring="l2", warmup_steps=3, warmup_mode="grad_only")))
     assert (method.cfg.strategy, method.cfg.warmup_steps, method.cfg.block_size) == ("l2", 3, 16)
     info, *_ = _train(method, tiny_model(), steps=1)
     assert method.plan.meta["strategy"] == "l2" and method.plan.meta["warmup_steps"] == 3

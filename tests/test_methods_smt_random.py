@@ -7,6 +7,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import baselines
 import conftest
 import smt
+from harness.run_config import as_run_config
+from harness import reports
 
 torch.set_num_threads(1)
 QUOTAS = {"mlp": {"modules": ["gate_proj", "up_proj", "down_proj"], "share": 0.25},
@@ -60,9 +62,9 @@ def test_random_plan_rejects_what_the_scorer_rejects():
 
 def test_smt_method_random_selection_has_no_warmup_and_uses_the_run_seed(tmp_path):
     def method(seed):
-        return baselines.get_method("smt")(conftest.run_cfg(
+        return baselines.get_method("smt")(as_run_config(conftest.run_cfg(
             {"name": "smt", "variant": "smt_random", "lr": 1e-3, "block_size": 16, "selection": "random"},
-            budget=0.05, seed=seed))
+            budget=0.05, seed=seed)))
     m0 = method(0)
     assert m0.warmup_steps == 0
     info = m0.apply(tiny_model(), tmp_path)
@@ -87,7 +89,7 @@ def test_random_variant_runs_through_the_config_and_the_training_loop(tmp_path):
     records = [{"instruction": f"Is {a} even? Answer format: true/false", "input": "",
                 "output": f"the correct answer is {str(a % 2 == 0).lower()}", "answer": ""} for a in range(8)]
     (tmp_path / "train.json").write_text(json.dumps(records))
-    cfg = hc.load_config(hc.REPO_ROOT / "config/test.yaml")
+    cfg = reports.load_config(hc.REPO_ROOT / "config/test.yaml")
     run = hc.resolve_run(cfg, "tiny/commonsense/smt_random/b2.00/qkv/s0").to_json()
     assert run["method"]["name"] == "smt" and run["method"]["selection"] == "random"
     run["model"].update(path=str(tmp_path / "model"), device="cpu")

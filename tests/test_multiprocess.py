@@ -21,6 +21,7 @@ import sys
 
 import pytest
 import torch
+from harness.run_config import as_run_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LOSS_TOL = 2e-4      # absolute, per logged step (fp32; reduction order differs across processes)
@@ -103,23 +104,23 @@ def worker(spec_path: str) -> None:
         seen.clear()
         offloads.clear()
         out = pathlib.Path(case["out_dir"])
-        if case.get("interrupt_at"):      # stop every rank right after the checkpoint of that step
-            import harness.train as train_mod
-            real_ck = train_mod.save_resumable
+        if case.get("interrupt_at"):      # stop every rank right after the complete checkpoint of that step
+            import harness.checkpoint as checkpoint_mod
+            real_fault = checkpoint_mod.fault_point
 
-            def checkpoint_then_stop(acc, out_dir, model, opt, sched, state, _at=case["interrupt_at"]):
-                real_ck(acc, out_dir, model, opt, sched, state)
-                if state["step"] == _at:  # on every rank, after the barrier
-                    raise KeyboardInterrupt(f"test: stopped after the checkpoint of step {state['step']}")
+            def fault_then_stop(point, step, _at=case["interrupt_at"]):
+                real_fault(point, step)
+                if point == "saved" and step == _at:  # on every rank, after the barrier
+                    raise KeyboardInterrupt(f"test: stopped after the checkpoint of step {step}")
 
-            train_mod.save_resumable = checkpoint_then_stop
+            checkpoint_mod.fault_point = fault_then_stop
             try:
                 train(case["run_cfg"], out)
                 raise AssertionError("the interrupted run did not stop")
             except KeyboardInterrupt:
                 pass
             finally:
-                train_mod.save_resumable = real_ck
+                checkpoint_mod.fault_point = real_fault
         rec = train(case["run_cfg"], out)
         from accelerate import PartialState
         info = rec["train_info"]
@@ -214,7 +215,7 @@ def _logits(env, name, delta_dir):
     from harness.train_data import collate
     model, tok = load_model(env / "model", "float32", "cpu")
     cfg = case_cfg(env, name, accum=1)
-    method = baselines.get_method(cfg["method"]["name"])(cfg)
+    method = baselines.get_method(cfg["method"]["name"])(as_run_config(cfg))
     model = method.merge(method.load(model, delta_dir / "delta"))
     model.eval()
     recs = json.loads((env / "train.json").read_text())[:3]

@@ -11,16 +11,17 @@ import pytest
 
 from conftest import MIRROR, needs_mirror
 from harness import config as hc
+from harness import reports
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def configs():
-    generative = hc.load_config(REPO / "config" / "test.yaml")
+    generative = reports.load_config(REPO / "config" / "test.yaml")
     raw = hc.load_yaml_strict(REPO / "config" / "test.yaml")
     raw["protocol"] = "cloze"
-    return generative, hc.load_config(raw)
+    return generative, reports.load_config(raw)
 
 
 def test_generative_is_the_default_and_changes_nothing(configs):
@@ -52,7 +53,7 @@ def test_a_bad_protocol_is_refused_naming_the_key():
     raw = hc.load_yaml_strict(REPO / "config" / "test.yaml")
     raw["protocol"] = "mc"
     with pytest.raises(hc.ConfigError, match="protocol"):
-        hc.load_config(raw)
+        reports.load_config(raw)
 
 
 @needs_mirror

@@ -18,7 +18,7 @@ PAPER = hc.REPO_ROOT / "config/paper.yaml"
 
 
 def load(recipe):
-    return hc.load_config({**hc.load_yaml_strict(PAPER), "recipe": recipe})
+    return reports.load_config({**hc.load_yaml_strict(PAPER), "recipe": recipe})
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ R7 = "llama-7b/commonsense/{}/b0.84/{}/s0"
 
 
 def test_file_default_is_the_paper_recipe(paper):
-    assert hc.load_config(PAPER)["recipe"] == "paper"
+    assert reports.load_config(PAPER)["recipe"] == "paper"
     assert hc.resolve_run(paper, R7.format("smt", "qkv")).to_json()["recipe"] == "paper"
 
 

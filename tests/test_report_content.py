@@ -22,7 +22,7 @@ SEED_GAIN = 0.10  # seed 1 is 10 points better than seed 0: std over the 2 seeds
 
 @pytest.fixture(scope="module")
 def cfg():
-    return hc.load_config({**hc.load_config(hc.REPO_ROOT / "config/test.yaml"), "seeds": [0, 1]})
+    return reports.load_config({**reports.load_config(hc.REPO_ROOT / "config/test.yaml"), "seeds": [0, 1]})
 
 
 def accuracy(parts, task_index):
@@ -42,7 +42,8 @@ def write_runs(root, cfg, run_ids, skip_eval=()):
         (run_dir / "eval").mkdir(parents=True)
         reached = None if p["budget"] is None else p["budget"] / 100 * 0.98
         record = {"run_info": {"run_id": rid, "method": p["method"], "budget_asked": p["budget"],
-                               "budget_reached": reached, "seed": p["seed"], "status": "ok", "deviations": []},
+                               "budget_reached": reached, "seed": p["seed"], "status": "ok", "deviations": [],
+                               "config": hc.resolve_run(cfg, rid).to_json()},  # as the train job writes it
                   "train_info": {"budget_reached": reached}, "meta_info": {}}
         (run_dir / "record.json").write_text(json.dumps(record))
         paths.append(run_dir / "record.json")

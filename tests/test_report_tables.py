@@ -27,7 +27,7 @@ ACC = {"lora": {2.0: 0.80, 4.0: 0.62}, "dora": {2.0: 0.60, 4.0: 0.84}, "smt": {2
 
 @pytest.fixture(scope="module")
 def cfg():
-    return hc.load_config({**hc.load_config(hc.REPO_ROOT / "config/test.yaml"), "seeds": [0, 1]})
+    return reports.load_config({**reports.load_config(hc.REPO_ROOT / "config/test.yaml"), "seeds": [0, 1]})
 
 
 def labels_of(task):
@@ -71,8 +71,7 @@ def write_runs(root, cfg, run_ids, accuracy=default_accuracy, status=None, degen
         record = {"run_info": {"run_id": rid, "method": p["method"], "budget_asked": p["budget"],
                                "budget_reached": frac, "seed": p["seed"], "status": st, "error": err,
                                "deviations": [f"dev of {p['method']}"],
-                               "config": {"method": {"name": p["method"], "scoring": "mean_abs",
-                                                     "warmup_mode": "full_ft", "warmup_steps": 2}}},
+                               "config": hc.resolve_run(cfg, rid).to_json()},  # as the train job writes it
                   "train_info": {"steps": 10, "train_seconds": 5.0 if p["method"] != "full_ft" else 20.0,
                                  "adapter_bytes": 2**20, "trainable_params": 1000, "peak_memory_bytes": 2**26,
                                  **train_info.get(rid, {})}}
@@ -315,8 +314,8 @@ def test_val_loss_column_is_the_mean_and_range_over_seeds(tmp_path, cfg):
 
 
 def test_table2_at_one_budget_names_it_and_compares_each_baseline_with_the_one_smt_row(tmp_path):
-    raw = hc.load_config(hc.REPO_ROOT / "config/test.yaml")
-    cfg = hc.load_config({**raw, "seeds": [0, 1],
+    raw = reports.load_config(hc.REPO_ROOT / "config/test.yaml")
+    cfg = reports.load_config({**raw, "seeds": [0, 1],
                           "experiments": {**raw["experiments"], "table2": {**raw["experiments"]["table2"],
                                                                            "budgets": [2.0]}}})
     rids = reports.expand_runs(cfg, "table2")
@@ -329,3 +328,25 @@ def test_table2_at_one_budget_names_it_and_compares_each_baseline_with_the_one_s
     for m in ("lora", "dora"):
         other, _ = macro(tmp_path, _seeds(cfg, "tiny", "commonsense", m, 2.0))
         assert float(rows.loc[f"{lab(m)} (2.00 %)", "SMT − this"].split()[0]) == pytest.approx(smt - other, abs=0.051)
+
+
+def test_a_run_is_what_its_record_says_not_what_its_id_or_todays_config_says(tmp_path, cfg):
+    """Run.fields (what tables select and group on) come from run_info.config, the typed RunConfig
+    the train job stored; a record without it is an error naming the file."""
+    from harness.reports.runs import load_run
+
+    rid = report.expand_runs(cfg, "table3")[0]
+    path = write_runs(tmp_path, cfg, [rid])[0]
+    rec = json.loads(path.read_text())
+    rec["run_info"]["config"]["seed"] = 7  # the record trained seed 7, whatever its directory says
+    rec["run_info"]["config"]["method"]["lr"] = 0.123
+    path.write_text(json.dumps(rec))
+    run = load_run(path)
+    assert (run.seed, run.lr, run.lr_named) == (7, 0.123, None)
+    assert run.fields == {"model": hc.parse_run_id(rid)["model"], "dataset": hc.parse_run_id(rid)["dataset"],
+                          "method": hc.parse_run_id(rid)["method"], "budget": hc.parse_run_id(rid)["budget"],
+                          "placement": hc.parse_run_id(rid)["placement"], "seed": 7, "lr": 0.123}
+    del rec["run_info"]["config"]
+    path.write_text(json.dumps(rec))
+    with pytest.raises(ValueError, match=r"record.json has no run_info.config"):
+        load_run(path)

@@ -21,23 +21,9 @@ from harness.records import failed_runs, failed_runs_report, fingerprint, finger
 from harness.checkpoint import CKPT_DIR, CKPT_FILE
 from harness.step import DivergedError
 from harness.train import train
-from test_train_loop import LR, expected_lr, make_cfg
+from test_train_loop import LR, die_after_checkpoint, expected_lr, make_cfg
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def die_after_checkpoint(monkeypatch, at_step):
-    """Make save_checkpoint raise KeyboardInterrupt right after writing the checkpoint of at_step."""
-    real = checkpoint_mod.save_checkpoint
-
-    def save_then_die(out_dir, model, opt, sched, state):
-        path = real(out_dir, model, opt, sched, state)
-        if state["step"] == at_step:
-            raise KeyboardInterrupt
-        return path
-
-    monkeypatch.setattr(checkpoint_mod, "save_checkpoint", save_then_die)
-    return real
 
 
 def record(path):
@@ -67,11 +53,10 @@ def test_fingerprint_ignores_paths_threads_and_descriptions_but_not_what_trains(
 def test_changed_config_starts_afresh_with_the_new_lr_throughout(tiny_env, tmp_path, monkeypatch):
     """Kill after a checkpoint, change lr, rerun: a fresh start, saying why, and the new lr everywhere."""
     old = make_cfg(tiny_env, "lora", steps=8, checkpoint_every=3)
-    real = die_after_checkpoint(monkeypatch, 6)
+    die_after_checkpoint(monkeypatch, 6)
     with pytest.raises(KeyboardInterrupt):
         train(old, tmp_path / "run")
     assert (tmp_path / "run" / CKPT_DIR / CKPT_FILE).is_file()
-    monkeypatch.setattr(checkpoint_mod, "save_checkpoint", real)
     new = make_cfg(tiny_env, "lora", steps=8, checkpoint_every=3)
     new["method"]["lr"] = 1e-2
     rec = train(new, tmp_path / "run")
@@ -86,7 +71,7 @@ def test_changed_config_starts_afresh_with_the_new_lr_throughout(tiny_env, tmp_p
 
 def test_moved_files_and_other_threads_still_resume(tiny_env, tmp_path, monkeypatch):
     cfg = make_cfg(tiny_env, "lora", steps=6, checkpoint_every=2)
-    real = die_after_checkpoint(monkeypatch, 4)
+    die_after_checkpoint(monkeypatch, 4)
     real_meta = records_mod.meta_info
 
     def meta_at(sha, dirty):
@@ -95,7 +80,6 @@ def test_moved_files_and_other_threads_still_resume(tiny_env, tmp_path, monkeypa
     monkeypatch.setattr(records_mod, "meta_info", meta_at("a" * 40, True))
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "run")
-    monkeypatch.setattr(checkpoint_mod, "save_checkpoint", real)
     monkeypatch.setattr(records_mod, "meta_info", meta_at("b" * 40, False))  # a commit between attempts
     moved = tmp_path / "moved-env"
     shutil.copytree(tiny_env, moved)
@@ -110,20 +94,20 @@ def test_moved_files_and_other_threads_still_resume(tiny_env, tmp_path, monkeypa
 
 def test_smt_plan_of_another_fingerprint_is_not_reused(tiny_env, tmp_path, monkeypatch):
     cfg = make_cfg(tiny_env, "smt", steps=8, checkpoint_every=5)
-    real = die_after_checkpoint(monkeypatch, 5)
+    die_after_checkpoint(monkeypatch, 5)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "run")
-    plan_file = tmp_path / "run" / "plan.json"
+    plan_file = checkpoint_mod.latest_dir(tmp_path / "run") / "method" / "plan.json"  # the checkpoint's plan
     plan = json.loads(plan_file.read_text())
     assert plan["meta"]["run_fingerprint"] == record(tmp_path / "run")["run_info"]["fingerprint"]
     plan["meta"]["run_fingerprint"] = "0" * 64  # a plan left by another run
     plan_file.write_text(json.dumps(plan))
-    monkeypatch.setattr(checkpoint_mod, "save_checkpoint", real)
     rec = train(cfg, tmp_path / "run")
     reason = rec["run_info"]["attempts"][-1]["fresh_start_reason"]
     assert "plan.json" in reason and "resumed_from_step" not in rec["train_info"]
     assert [c["phase"] for c in rec["train_info"]["loss_curve"][:3]] == ["warmup"] * 3  # warm-up redone
-    assert json.loads(plan_file.read_text())["meta"]["run_fingerprint"] == rec["run_info"]["fingerprint"]
+    out_plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert out_plan["meta"]["run_fingerprint"] == rec["run_info"]["fingerprint"]
 
 
 # ---- divergence and failure ------------------------------------------------------------------

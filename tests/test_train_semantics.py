@@ -15,6 +15,7 @@ import baselines
 from harness.models import load_model, prepare_model
 from harness.prompts import tokenize_example
 from harness.train import train
+from harness.run_config import as_run_config
 
 torch.set_num_threads(1)
 CUTOFF = 320
@@ -62,7 +63,7 @@ def cfg(env, name="lora", data="varied", steps=4, lr=0.01, method=None, **train)
 def trained_state(env, run_cfg, run_dir) -> dict:
     """The trained weights as evaluation sees them: base + the saved delta, merged."""
     base, _ = load_model(env / "model", "float32", "cpu")
-    method = baselines.get_method(run_cfg["method"]["name"])(run_cfg)
+    method = baselines.get_method(run_cfg["method"]["name"])(as_run_config(run_cfg))
     model = method.merge(method.load(base, run_dir / "delta"))
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 

@@ -17,7 +17,6 @@ import yaml
 from harness import config as hc
 from harness import forgetting as fg
 from harness import reports
-from harness.report_html import REPORT_GROUPS
 from harness.config import REPO_ROOT
 from test_workflow_dag import job_counts, snakemake
 
@@ -39,7 +38,7 @@ def tiny_run(tmp_path_factory):
     cfg_file.write_text(yaml.safe_dump(cfg))
     res = snakemake("--cores", "2", f"--configfile={cfg_file}", "all", timeout=1800)  # ~5 min; a hang guard
     assert res.returncode == 0, (res.stdout + res.stderr)[-5000:]
-    return out, cfg_file, hc.load_config(cfg)
+    return out, cfg_file, reports.load_config(cfg)
 
 
 def test_every_table_and_figure_is_written(tiny_run):
@@ -148,7 +147,7 @@ def test_snakemake_html_report_renders_in_a_headless_browser(tiny_run):
     visible = " ".join(" ".join(parser.parts).split())
     # drawn by the report's JavaScript: the workflow description and one menu entry per paper table
     assert "Sparse Matrix Tuning" in visible and "System Message" not in visible, visible[:2000]
-    for category in dict.fromkeys(REPORT_GROUPS[t][0] for t in reports.configured(cfg)):
+    for category in dict.fromkeys(reports.target(t).section[0] for t in reports.configured(cfg)):
         assert category in visible, (category, visible[:3000])
     # a copy that, once the report's own JavaScript has drawn it, opens every section in turn and
     # appends what each one shows (the report has no URL per section)
@@ -164,7 +163,7 @@ def test_snakemake_html_report_renders_in_a_headless_browser(tiny_run):
         section = block.split("\n")[0]
         shown[section] = set(re.findall(r"^(\w+)\t", block, re.M)) | set(re.findall(r"^\n?(\w+)$", block, re.M))
     for target in reports.configured(cfg):  # each table and figure is listed in its paper table's section
-        category, subcategory = REPORT_GROUPS[target]
+        category, subcategory = reports.target(target).section
         assert target in shown.get(f"{category} / {subcategory}", set()), (target, sorted(shown))
     for section in ("Table 2: commonsense at equal budget / table", "Table 6: K, Q, V placement / table"):
         assert "table, rendered" in dom.stdout.split(section)[1].split("=== ")[0]

@@ -60,7 +60,7 @@ MODULES = [("smt/", "smt"), ("harness/train.py", "train"), ("harness/train_data.
            ("harness/loss.py", "train"), ("harness/launch.py", "train"), ("harness/evaluate.py", "evaluate"), ("harness/stats.py", "evaluate"),
            ("harness/tasks/", "evaluate"), ("harness/data.py", "data"), ("harness/prompts.py", "data"),
            ("harness/models.py", "data"), ("harness/reports/", "report"), ("harness/profile.py", "report"),
-           ("baselines/", "baselines"), ("harness/config.py", "config"), ("harness/run_config.py", "config")]
+           ("baselines/", "baselines"), ("harness/config/", "config"), ("harness/run_config.py", "config")]
 
 
 def module_of(path: str) -> str:
@@ -286,8 +286,12 @@ def plant(text: str, m: Mutant) -> tuple[str | None, str]:
 
 
 def _compiles(text: str, name: str) -> None:
-    """compile() the mutated file (SyntaxError if it does not), without its warnings."""
+    """compile() the mutated file (SyntaxError if it does not), without its warnings. Only Python
+    files: a Snakemake file (.smk, Snakefile) is not Python; its mutants are checked by running."""
     import warnings
+
+    if not name.endswith(".py"):
+        return
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -1,18 +1,37 @@
 """Every table and figure of the study: one module per target under harness/reports/targets/.
 
-A target module holds both halves of a target, so its run selection is written once:
+A target module holds everything about its target, so nothing generic (the workflow, the HTML
+report, this package) names a target. The registry imports every module of targets/ whose name
+does not start with `_` (shared helpers live in `_`-modules, e.g. targets/_sweep.py); what a
+module declares (the protocol):
 
-    KIND = "table" | "figure"
-    TITLE = "Table 9: ..."                       # printed above the table / figure
-    EXPERIMENT = "table9"                        # the experiments entry it reads (default: its name)
-    SCHEMA = {...}                               # JSON schema of experiments.<EXPERIMENT> (if it owns it)
-    def runs(config, exp) -> list[str]           # the run ids it needs (harness.config.run_ids)
+    KIND = "table" | "figure"                    # required
+    TITLE = "Table 9: ..."                       # required: printed above the table / figure
+    def runs(config, exp) -> list[str]           # required: the run ids it needs (harness.config.run_ids)
     def build(ctx) -> pandas.DataFrame           # a table, from harness.reports.cells.Ctx
     def draw(ctx) -> (figure, frame, caption)    # a figure, and the data it draws
 
+    SECTION = ("Table 9: ...", "table")          # the report's (category, subcategory); default (TITLE, KIND)
+    CAPTION = "..."                              # the report's caption (reStructuredText, a Jinja template over
+                                                 # snakemake.params.facts: runs, seeds, n, config);
+                                                 # default: the title and the facts (DEFAULT_CAPTION)
+    EXPERIMENT = "table9"                        # the experiments entry it reads (default: its name)
+    SCHEMA = {...}                               # JSON schema of experiments.<EXPERIMENT> (if it owns it)
+    def check(config, exp)                       # further checks of its entry when the config loads
+    EVAL_SPLIT = "validation"                    # its runs are read on the validation split (default "test")
+    SHOWS_FORGETTING = True                      # its inputs include the base model's forgetting values
+    BEFORE_LR_CHOICE = True                      # its runs make experiments.lr_sweep's choice (named before it)
+    def files(config, exp) -> list[str]          # built from these files, not run records (Table 1's profile),
+    def build_from_files(paths)                  #   by build_from_files -> (frame, ids, title)
+    def profile_job(config, exp) -> dict         # the job that makes files() (rule profile_<name>, profile.smk)
+    def extra_inputs(config, exp, from_records)  # further input files (Table 1: the GPU check's JSON)
+    def caption_facts(config, exp) -> dict       # the caption's facts, where the default does not fit
+    def after_write(out_prefix)                  # further outputs after the table is written
+
 Adding a table is adding one module (and, if it reads settings, its `experiments:` entry in a
-config): the registry finds it, `snakemake <name>` builds it, `all` includes it. A target whose
-experiments entry a config does not have is not part of that config's `all`.
+config): the registry finds it, `snakemake <name>` builds it, `all` includes it, and the report
+shows it in its SECTION with its CAPTION (workflow/rules/report.smk writes the caption file). A
+target whose experiments entry a config does not have is not part of that config's `all`.
 
 The method every other is compared with is the config's `proposed` (default smt), not a
 name written into the targets.
@@ -33,6 +52,12 @@ _PACKAGE = "harness.reports.targets"
 _DIR = pathlib.Path(__file__).resolve().parent / "targets"
 
 
+DEFAULT_CAPTION = """{title}
+
+**Runs:** {{{{ snakemake.params.facts.runs }}}}; **seeds:** {{{{ snakemake.params.facts.seeds }}}}; **n:** {{{{ snakemake.params.facts.n }}}} (config ``{{{{ snakemake.params.facts.config }}}}``).
+"""
+
+
 @dataclasses.dataclass(frozen=True)
 class Target:
     name: str
@@ -40,6 +65,23 @@ class Target:
     title: str
     experiment: str
     module: ModuleType
+
+    @property
+    def section(self) -> tuple[str, str]:
+        """(category, subcategory) of the report (the module's SECTION, default its title and kind)."""
+        return tuple(getattr(self.module, "SECTION", (self.title, self.kind)))
+
+    @property
+    def caption(self) -> str:
+        """The report's caption (the module's CAPTION, default the title and the config's facts)."""
+        return getattr(self.module, "CAPTION", None) or DEFAULT_CAPTION.format(title=self.title)
+
+    def has(self, hook: str) -> bool:
+        return hasattr(self.module, hook)
+
+    def exp(self, config: dict) -> dict:
+        """Its experiments entry in `config`."""
+        return config["experiments"][self.experiment]
 
 
 def _discover() -> dict[str, Target]:
@@ -70,6 +112,33 @@ def experiment_schemas() -> dict:
     return {t.experiment: copy.deepcopy(t.module.SCHEMA) for t in REGISTRY.values() if hasattr(t.module, "SCHEMA")}
 
 
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """An experiments entry as harness.config.load_config checks it: the schema of the target that
+    owns it and every check of the targets that read it."""
+
+    SCHEMA: dict
+    checks: tuple
+
+    def check(self, config: dict, entry: dict) -> None:
+        for check in self.checks:
+            check(config, entry)
+
+
+def experiments() -> dict[str, Experiment]:
+    """experiments.<name> -> its Experiment (schema and checks), from the target modules."""
+    schemas = experiment_schemas()
+    return {name: Experiment(schema, tuple(t.module.check for t in REGISTRY.values()
+                                           if t.experiment == name and hasattr(t.module, "check")))
+            for name, schema in schemas.items()}
+
+
+def load_config(src) -> dict:
+    """The config (a path or a mapping) loaded and validated with every experiments entry checked by
+    the targets that own it (harness.config.load_config); what the Snakefile calls, once."""
+    return hc.load_config(src, experiments())
+
+
 def configured(config: dict) -> list[str]:
     """The targets a config builds (`all`): those whose experiments entry it has."""
     return [name for name, t in REGISTRY.items() if t.experiment in config["experiments"]]
@@ -95,10 +164,22 @@ def expand_runs(config: dict, name: str) -> list[str]:
     return list(dict.fromkeys(r for n in names for r in _runs(config, n)))
 
 
-def expand_profiles(config: dict) -> list[tuple[str, str]]:
-    """(model, method) pairs Table 1 profiles."""
-    exp = config["experiments"]["table1"]
-    return [(exp["model"], method) for method in exp["methods"]]
+def files(config: dict, name: str) -> list[str] | None:
+    """The files a target is built from instead of run records (its module's `files`; Table 1:
+    its profile JSON), None for a target built from run records."""
+    t = target(name)
+    return list(t.module.files(config, t.exp(config))) if t.has("files") else None
+
+
+def extra_inputs(config: dict, name: str, from_records: bool) -> list[str]:
+    """Further input files of a target (its module's `extra_inputs`), none by default."""
+    t = target(name)
+    return list(t.module.extra_inputs(config, t.exp(config), from_records)) if t.has("extra_inputs") else []
+
+
+def eval_split(name: str) -> str:
+    """"test" (default) or "validation": the split a target's runs are read on."""
+    return getattr(target(name).module, "EVAL_SPLIT", "test")
 
 
 def build_table(name: str, config: dict, record_paths):
@@ -110,7 +191,7 @@ def build_table(name: str, config: dict, record_paths):
     t = target(name)
     if t.kind != "table":
         raise ValueError(f"{name} is a figure; use make_figure")
-    if hasattr(t.module, "build_from_files"):  # Table 1 reads a profile JSON, not run records
+    if t.has("build_from_files"):  # a target built from files(), not run records (Table 1: a profile JSON)
         return t.module.build_from_files(record_paths)
     runs = [load_run(p) for p in record_paths]
     ctx = Ctx(name, config, runs)
@@ -126,7 +207,7 @@ def make_table(name: str, config: dict, record_paths, out_prefix):
 
     df, ids, title = build_table(name, config, record_paths)
     write_table(df, title, config, ids, out_prefix)
-    if hasattr(target(name).module, "after_write"):  # a target's further outputs (Table 1: its GPU table)
+    if target(name).has("after_write"):  # a target's further outputs (Table 1: its GPU table)
         target(name).module.after_write(out_prefix)
     return df
 

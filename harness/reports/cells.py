@@ -164,7 +164,7 @@ class Ctx:
     @property
     def proposed(self) -> str:
         """The method every other is compared with (config `proposed`, the paper's: smt)."""
-        return self.config.get("proposed", "smt")
+        return self.config["proposed"]
 
     def suite(self, dataset: str) -> str:
         return self.config["datasets"][dataset]["suite"]
@@ -173,16 +173,18 @@ class Ctx:
         return list(self.config["eval"][self.suite(dataset)]["tasks"])
 
     def select(self, **where) -> list[Run]:
-        return [r for r in self.runs if all(r.parts[k] == v for k, v in where.items())]
+        """The runs whose typed fields (Run.fields: model, dataset, method, budget, placement, seed,
+        lr; from each record's run config) equal `where`."""
+        return [r for r in self.runs if all(r.fields[k] == v for k, v in where.items())]
 
     def group(self, runs: list[Run], dataset: str) -> Group:
-        return Group(sorted(runs, key=lambda r: r.parts["seed"]), self.suite(dataset), self.tasks(dataset), self.notes)
+        return Group(sorted(runs, key=lambda r: r.seed), self.suite(dataset), self.tasks(dataset), self.notes)
 
     def groups(self, runs: list[Run], dataset: str) -> list[Group]:
-        """Seed groups by (budget, placement, learning rate named in the run id), in first-seen order."""
+        """Seed groups by (budget, placement, learning rate), read from the records, in first-seen order."""
         keyed: dict = {}
         for r in runs:
-            keyed.setdefault((r.parts["budget"], r.parts["placement"], r.parts["lr"]), []).append(r)
+            keyed.setdefault((r.budget, r.placement, r.lr), []).append(r)
         return [self.group(rs, dataset) for rs in keyed.values()]
 
 

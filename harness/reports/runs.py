@@ -2,6 +2,14 @@
 
 The report reads a run's `record.json` (train job) and its `eval/<suite>.json` and
 `eval/<task>.predictions.jsonl` (evaluate job); it never writes into run directories.
+
+The record is the source of truth of what a run is: its identity (model, dataset, method
+variant, budget, placement, seed, learning rate) comes from the typed `RunConfig` the train job
+stored in it (`run_info.config`, harness.run_config), not from re-reading its run id or today's
+config. A table groups and selects runs on these typed fields (`Run.fields`). The run id is the
+run's path; the only thing still read from it is whether it names its learning rate
+(`Run.lr_named`: the rate was tuned, experiments.lr_sweep). What today's config still decides is
+presentation only: a method's display label (`method_label`) and the layout of each table.
 """
 from __future__ import annotations
 
@@ -15,6 +23,7 @@ import numpy as np
 from harness import config as hc
 from harness import forgetting
 from harness.records import read_json, read_record
+from harness.run_config import RunConfig, RunConfigError
 
 
 @dataclasses.dataclass
@@ -37,12 +46,57 @@ class Run:
         return self.info["run_id"]
 
     @functools.cached_property
-    def parts(self) -> dict:
-        return hc.parse_run_id(self.run_id)
+    def config(self) -> RunConfig:
+        """The typed config the run was trained with (run_info.config of its record)."""
+        try:
+            return RunConfig.from_json(self.info.get("config"))
+        except (RunConfigError, TypeError, ValueError) as err:
+            raise ValueError(f"{self.path}: run_info.config is not a run config ({err}); the record was not "
+                             "written by the train job: train the run again") from err
+
+    @functools.cached_property
+    def fields(self) -> dict:
+        """The typed fields a table groups and selects on, from the record's run config: model,
+        dataset, method (the method entry / variant name), budget (percent as the run id writes it,
+        None for full FT), placement, seed, lr (the rate trained with)."""
+        c = self.config
+        budget = c.budget_percent
+        return {"model": c.model.name, "dataset": c.dataset.name, "method": c.method.variant,
+                "budget": None if budget is None else float(hc.budget_label(budget)),
+                "placement": c.placement.name, "seed": c.seed, "lr": c.method.lr}
+
+    @property
+    def model(self) -> str:
+        return self.fields["model"]
+
+    @property
+    def dataset(self) -> str:
+        return self.fields["dataset"]
 
     @property
     def method(self) -> str:
-        return self.parts["method"]
+        return self.fields["method"]
+
+    @property
+    def budget(self) -> float | None:
+        return self.fields["budget"]
+
+    @property
+    def placement(self) -> str:
+        return self.fields["placement"]
+
+    @property
+    def seed(self) -> int:
+        return self.fields["seed"]
+
+    @property
+    def lr(self) -> float:
+        return self.fields["lr"]
+
+    @property
+    def lr_named(self) -> float | None:
+        """The learning rate the run id names (a rate tuned by experiments.lr_sweep), else None."""
+        return self.lr if hc.parse_run_id(self.run_id)["lr"] is not None else None
 
     @property
     def status(self) -> str:
@@ -90,6 +144,9 @@ def load_run(record_path) -> Run:
     record = read_record(path)  # the one record reader (harness.records)
     if not isinstance(record, dict) or "run_id" not in record.get("run_info", {}):
         raise ValueError(f"{path} is not a run record (no run_info.run_id); train the run again")
+    if "config" not in record["run_info"]:
+        raise ValueError(f"{path} has no run_info.config (the typed run config the reports read); "
+                         "train the run again")
     evals, correct, labels, problems = {}, {}, {}, {}
     # eval/: the test suites; val/: the validation split of experiments.lr_sweep (<suite>_val.json)
     for result in sorted([*(path.parent / "eval").glob("*.json"), *(path.parent / "val").glob("*.json")]):

@@ -7,21 +7,40 @@ import sys
 
 sys.path.insert(0, workflow.basedir)  # harness importable before `pip install -e .`
 
+# Jobs run the interpreter that runs this Snakemake (issue 31): its directory goes first on PATH,
+# so `python`, `accelerate` and `torchrun` in shell rules are this environment's even when it is
+# not activated (`/path/venv/bin/python -m snakemake ...`); `script:` rules already run
+# sys.executable. Jobs inherit the variable (locally, and on SLURM through sbatch's environment,
+# where the job's own Snakemake sets it again). A conda environment (--sdm conda) still wins: the
+# job activates it in front of this. Not a rule parameter, so moving the venv reruns nothing.
+JOB_BIN = os.path.dirname(sys.executable)
+if os.environ.get("PATH", "").split(os.pathsep)[0] != JOB_BIN:
+    os.environ["PATH"] = os.pathsep.join([JOB_BIN, os.environ.get("PATH", "")]).rstrip(os.pathsep)
+
 from harness import config as hc
 from harness import lr_sweep
 from harness import reports
 
 
-# Snakemake parses the config files itself and keeps the last of two equal keys silently: read
-# each one again, refusing duplicates (the error names the key, file and line), then validate.
+# The config is loaded and validated HERE, once; jobs get resolved JSON (RunConfig, EvalConfig)
+# through their rule's params and never load it again. Each --configfile is read again strictly
+# (a duplicate key is an error naming the key, file and line) with its `extends:` chain resolved
+# (a user config is the default plus its overrides: README "Your own config"), the files merged in
+# order, then --config KEY=VALUE on top; the result is validated as a whole.
+_LAYERED = {}
 for _configfile in workflow.config_settings.configfiles or [os.path.join(workflow.basedir, "config/config.yaml")]:
-    hc.load_yaml_strict(_configfile)
+    _LAYERED = hc.deep_merge(_LAYERED, hc.load_layered(_configfile))
+_LAYERED = hc.deep_merge(_LAYERED, dict(workflow.config_settings.config))
 # --config from_records=true arrives as the string "true": only true/false are accepted
-if isinstance(config.get("from_records"), str):
-    if config["from_records"].lower() not in ("true", "false"):
-        raise ValueError(f"--config from_records={config['from_records']}: write from_records=true or false")
-    config["from_records"] = config["from_records"].lower() == "true"
-CFG = hc.load_config(config)  # applies `recipe`, checks the schema and every method's own Settings
+if isinstance(_LAYERED.get("from_records"), str):
+    if _LAYERED["from_records"].lower() not in ("true", "false"):
+        raise ValueError(f"--config from_records={_LAYERED['from_records']}: write from_records=true or false")
+    _LAYERED["from_records"] = _LAYERED["from_records"].lower() == "true"
+CFG = reports.load_config(_LAYERED)  # recipe, schema, each target's experiments entry, every method's Settings
+# the jobs' `snakemake.config` is this resolved, validated config: a job reads the keys it needs
+# (a location, e.g. data_root, which is deliberately not a param) and never validates it again
+config.clear()
+config.update(CFG)
 PATHS = CFG["paths"]
 EXE = CFG["execution"]
 TARGETS = reports.configured(CFG)  # every table and figure whose experiments entry this config has
@@ -75,7 +94,7 @@ def eval_file(rid, split="test"):
 # Learning rates tuned per method (experiments.lr_sweep, harness.lr_sweep, workflow/rules/lr_sweep.smk):
 # the checkpoint lr_choice writes the choice; the runs of every other target on the sweep's dataset
 # name the chosen rates, so their input lists are known only once it has run.
-SWEEP = CFG["experiments"].get("lr_sweep")
+SWEEP = lr_sweep.entry(CFG)
 CHOICE = hc.repo_path(lr_sweep.choice_path(CFG)) if SWEEP else None
 
 
@@ -95,8 +114,8 @@ def lr_choice():
 def target_config(target):
     """The config a target's runs are named from: with the sweep's choice where the target trains
     on the sweep's dataset (its run ids then name the chosen rates), else the config as it is."""
-    if not SWEEP or target == "lr_sweep" or target == "table1":
-        return CFG
+    if not SWEEP or getattr(reports.target(target).module, "BEFORE_LR_CHOICE", False):
+        return CFG  # the sweep's own runs name their rates: they are what the choice is made from
     if all(hc.parse_run_id(r)["dataset"] != SWEEP["dataset"] for r in reports.expand_runs(CFG, target)):
         return CFG  # e.g. Table 5 (math): nothing of it waits for the commonsense sweep
     return lr_sweep.with_choice(CFG, lr_choice())
@@ -106,27 +125,16 @@ def target_runs(target):
     return reports.expand_runs(target_config(target), target)
 
 
-def profile_file():
-    """Table 1's one side-by-side profile (rule profile_table1)."""
-    return f"{RESULTS}/profile/{CFG['experiments']['table1']['model']}/table1.json"
-
-
-def gpu_check_file():
-    """The GPU check's JSON (benchmarks.gpu_check), rendered beside Table 1 when it exists."""
-    return f"{RESULTS}/gpu/gpu_check.json"
-
-
 def target_inputs(target):
-    """Files a table/figure reads: eval outputs of its runs, or Table 1's profile (and the GPU check's
-    JSON when there is one: committing it reruns table1, which renders table1_gpu beside it)."""
-    if target == "table1":
-        return [profile_file()] + ([gpu_check_file()] if os.path.exists(gpu_check_file()) else [])
-    # + the base model's forgetting value(s) (workflow/rules/forgetting.smk) for the targets that show it;
-    # not with from_records (no rule makes them then, and the committed runs have no forgetting value)
-    split = getattr(reports.target(target).module, "EVAL_SPLIT", "test")
-    choice = [str(CHOICE)] if target == "lr_sweep" and not FROM_RECORDS else []  # `snakemake lr_sweep` makes it
-    return ([eval_file(r, split) for r in target_runs(target)] + choice
-            + ([] if FROM_RECORDS else forgetting_inputs(target)))
+    """Files a table/figure reads: the evaluations of its runs (or the files its module names
+    instead, Table 1's profile), the further inputs its module names (extra_inputs: the GPU check's
+    JSON of Table 1, the sweep's choice), and the base model's forgetting value(s)
+    (workflow/rules/forgetting.smk) for a target that shows them (SHOWS_FORGETTING); not with
+    from_records (no rule makes them then, and the committed runs have no forgetting value)."""
+    own = reports.files(CFG, target)
+    if own is None:
+        own = [eval_file(r, reports.eval_split(target)) for r in target_runs(target)]
+    return own + reports.extra_inputs(CFG, target, FROM_RECORDS) + ([] if FROM_RECORDS else forgetting_inputs(target))
 
 
 def report_inputs(target):
@@ -135,10 +143,10 @@ def report_inputs(target):
     files = target_inputs(target)
     if not FROM_RECORDS:
         return files
-    files = list(dict.fromkeys(files + (target_records(target) if target != "table1" else [])))
+    files = list(dict.fromkeys(files + target_records(target)))
     missing = [f for f in files if not os.path.exists(f)]
     if missing:
-        make = "snakemake profile_table1" if target == "table1" else f"snakemake --cores all {target}"
+        make = f"snakemake --cores all {target}"
         raise FileNotFoundError(
             f"from_records=true rebuilds {target} from the records on disk, but {len(missing)} of its "
             f"{len(files)} input files are missing:\n  " + "\n  ".join(missing[:20])
@@ -153,9 +161,10 @@ def report_input_function(target):
 
 
 def target_records(target):
-    """Record paths handed to harness.reports (Table 1: its profile)."""
-    if target == "table1":
-        return [profile_file()]  # the GPU check's JSON is an input of table1, not one of its records
+    """Record paths handed to harness.reports (or the files its module builds from: Table 1's profile)."""
+    own = reports.files(CFG, target)
+    if own is not None:
+        return own  # extra_inputs (Table 1: the GPU check's JSON) are inputs, not records
     return [f"{hc.run_dir(CFG, r)}/record.json" for r in target_runs(target)]
 
 
@@ -191,16 +200,13 @@ def _eval_params(suite):
 # that show forgetting join their runs with.
 from harness import forgetting as _forgetting
 
-FORGETTING_TARGETS = ("table2", "figure_pareto")  # the targets that show it
-
-
 def forgetting_base_file(model, text):
     return str(_forgetting.base_path(RESULTS, model, text))
 
 
 def forgetting_inputs(target):
     """The base-model files a table/figure joins its runs' forgetting with (none for other targets)."""
-    if target not in FORGETTING_TARGETS:
+    if not getattr(reports.target(target).module, "SHOWS_FORGETTING", False):
         return []
     pairs = {(hc.parse_run_id(r)["model"], _forgetting.text_for_suite(hc.suite_of(CFG, r)))
              for r in target_runs(target)}
@@ -208,7 +214,8 @@ def forgetting_inputs(target):
 
 
 # `snakemake --report` (workflow/rules/report.smk, harness.report_html): each output marked with
-# its paper table's section and caption.
+# its section and caption, both declared by its target module (SECTION, CAPTION); the caption is
+# written to a file under .snakemake/report_captions/ (Snakemake's report reads captions from files).
 from harness import report_html as _report_html
 
 _FORMATS = {"html": "table, rendered", "csv": "table, CSV", "md": "table, Markdown", "tex": "table, LaTeX",
@@ -216,9 +223,10 @@ _FORMATS = {"html": "table, rendered", "csv": "table, CSV", "md": "table, Markdo
 
 
 def flagged_outputs(target):
-    """Every output of a target, marked for `snakemake --report` in its paper table's section."""
-    category, subcategory = _report_html.REPORT_GROUPS[target]
-    return [report(path, caption=f"../report/{target}.rst", category=category, subcategory=subcategory,
+    """Every output of a target, marked for `snakemake --report` in its module's SECTION, with its CAPTION."""
+    category, subcategory = reports.target(target).section
+    caption = str(_report_html.write_caption(target, os.path.abspath(".snakemake/report_captions")))
+    return [report(path, caption=caption, category=category, subcategory=subcategory,
                    labels={"target": target, "format": _FORMATS[path.rsplit(".", 1)[1]]})
             for path in report_outputs([target])]
 

@@ -8,8 +8,8 @@ if SWEEP:
 
     checkpoint lr_choice:
         input:
-            evals=lambda w: [eval_file(r, "validation") for r in reports.expand_runs(CFG, "lr_sweep")],
-            records=lambda w: target_records("lr_sweep"),
+            evals=lambda w: [eval_file(r, "validation") for r in lr_sweep.run_ids(CFG)],
+            records=lambda w: [f"{hc.run_dir(CFG, r)}/record.json" for r in lr_sweep.run_ids(CFG)],
         output:
             str(CHOICE),
         log:

@@ -9,13 +9,13 @@ from _job import start
 
 start(snakemake.threads, snakemake.log[0])
 
-from harness import config as hc
 from harness import data as hd
 from harness.evaluate import evaluate_run
+from harness.run_config import EvalConfig
 
 out = pathlib.Path(snakemake.output[0])
-eval_cfg = dict(snakemake.params.eval_cfg)
-config = hc.load_config(dict(snakemake.config))  # validated, defaults filled
+eval_cfg = EvalConfig.from_json(dict(snakemake.params.eval_cfg))  # resolved once, in the Snakefile
+config = snakemake.config  # the Snakefile's resolved, validated config (common.smk); not validated again
 root = hd.resolve_data_root(config["data_root"])  # SMT_DATA_ROOT, else the config's; None: download
 # the test files must still hold what the job was planned with (params: their checksums);
 # checked before anything is written
@@ -34,4 +34,4 @@ if "lr_choice" in snakemake.input.keys():
     choice = lr_sweep.read_choice(snakemake.input.lr_choice)
     run_id = read_record(snakemake.input.record)["run_info"]["run_id"]
     annotations = {"lr_choice": lr_sweep.check_chosen(choice, config, run_id)}
-evaluate_run(snakemake.params.run_dir, eval_cfg, out.parent, data_root=root, annotations=annotations)
+evaluate_run(snakemake.params.run_dir, eval_cfg.to_json(), out.parent, data_root=root, annotations=annotations)

@@ -8,10 +8,9 @@ from _job import start
 
 start(snakemake.threads, snakemake.log[0])
 
-from harness import config as hc
 from harness import data as hd
 from harness.forgetting import write_base
 
-config = hc.load_config(dict(snakemake.config))
+config = snakemake.config  # the Snakefile's resolved, validated config (common.smk); not validated again
 write_base(os.path.dirname(snakemake.input.model), dict(snakemake.params.model_cfg), snakemake.wildcards.text,
            hd.resolve_data_root(config["data_root"]), snakemake.output[0])

@@ -8,10 +8,9 @@ from _job import start
 
 start(snakemake.threads, snakemake.log[0])
 
-from harness import config as hc
 from harness.data import prepare_train_set, resolve_data_root
 
-cfg = hc.load_config(snakemake.config)
+cfg = snakemake.config  # the Snakefile's resolved, validated config (common.smk); not validated again
 dataset = snakemake.wildcards.dataset
 suite = cfg["datasets"][dataset]["suite"]
 meta = prepare_train_set(dict(snakemake.params.spec), resolve_data_root(cfg["data_root"]), snakemake.output[0],

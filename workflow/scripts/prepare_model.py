@@ -12,5 +12,6 @@ start(snakemake.threads, snakemake.log[0])
 from harness import config as hc
 from harness.models import prepare_model
 
-spec = hc.model_spec(hc.load_config(snakemake.config), snakemake.wildcards.model)
+# the Snakefile's resolved, validated config (common.smk); read, not validated again
+spec = hc.model_spec(snakemake.config, snakemake.wildcards.model)
 prepare_model(spec, os.path.dirname(snakemake.output[0]))

@@ -5,5 +5,5 @@ start(snakemake.threads, snakemake.log[0])
 
 from harness.profile import profile_table1
 
-profile_table1(dict(snakemake.params.runs), dict(snakemake.params.table1), snakemake.output[0],
+profile_table1(dict(snakemake.params.runs), dict(snakemake.params.settings), snakemake.output[0],
                threads=snakemake.threads)

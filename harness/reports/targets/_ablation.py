@@ -33,6 +33,6 @@ def groups(ctx: Ctx, exp: dict) -> tuple[list[tuple[str, Group | None]], list, s
     mruns = ctx.select(model=exp["model"], dataset=dataset)
     for variant in exp["methods"]:
         vruns = [r for r in mruns if r.method == variant
-                 and hc.budget_label(r.parts["budget"]) == hc.budget_label(exp["budget"])]
+                 and hc.budget_label(r.budget) == hc.budget_label(exp["budget"])]
         out.append((variant, ctx.group(vruns, dataset) if vruns else None))
     return out, mruns, dataset

@@ -19,7 +19,7 @@ PLACEMENT_SCHEMA = {
 
 
 def method_of(config: dict, exp: dict) -> str:
-    return exp.get("method") or config.get("proposed", "smt")
+    return exp.get("method") or config["proposed"]
 
 
 def runs(config: dict, exp: dict) -> list[str]:
@@ -34,7 +34,7 @@ def groups(ctx: Ctx, exp: dict) -> list[tuple[str, Group | None]]:
     out = []
     for place in exp["placements"]:
         pruns = [r for r in ctx.select(model=exp["model"], dataset=exp["dataset"], method=method)
-                 if r.parts["placement"] == place and hc.budget_label(r.parts["budget"]) == hc.budget_label(exp["budget"])]
+                 if r.placement == place and hc.budget_label(r.budget) == hc.budget_label(exp["budget"])]
         out.append((place, ctx.group(pruns, exp["dataset"]) if pruns else None))
     return out
 

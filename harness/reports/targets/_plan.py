@@ -11,7 +11,7 @@ SMT_RUN_SCHEMA = {"$ref": "#/$defs/smt_run"}
 
 
 def runs(config: dict, exp: dict) -> list[str]:
-    return hc.run_ids(config, exp["model"], exp["dataset"], exp.get("method") or config.get("proposed", "smt"),
+    return hc.run_ids(config, exp["model"], exp["dataset"], exp.get("method") or config["proposed"],
                       exp["budget"], exp["placement"], seeds=exp.get("seeds"))
 
 

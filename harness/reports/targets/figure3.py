@@ -7,11 +7,19 @@ from harness import config as hc
 
 from harness.reports.cells import PRIOR_ROW, Ctx, est_row, interval_caption, prior_level
 from harness.reports.runs import method_label
-from harness.reports.targets.table3 import sweep_runs
+from harness.reports.targets._sweep import sweep_runs
 from harness.reports.write import plt as _plt
 
 KIND = "figure"
 TITLE = "Figure 3: average accuracy against trainable-parameter budget reached"
+SECTION = ("Table 3: budget sweep", "figure 3: accuracy against budget")  # the report's category and subcategory
+CAPTION = """\
+Figure 3: average accuracy against the budget reached (% of all parameters), one line per method.
+
+**Runs:** {{ snakemake.params.facts.runs }}; **seeds:** {{ snakemake.params.facts.seeds }}; **n:** {{ snakemake.params.facts.n }} (config ``{{ snakemake.params.facts.config }}``). The n and seeds each row or point actually has are in the table's ``n`` and ``seeds`` columns or drawn under the figure.
+
+**Bars:** 95 % intervals: a bootstrap over test examples stratified by task (hierarchical over seeds when there are several); the dashed line is the label prior (always the most frequent label of each task). The caption drawn under the figure gives the measured n and seeds; the numbers drawn are in ``{{ snakemake.params.target }}.data.csv`` next to the PNG.
+"""  # the report's caption (a Jinja template over snakemake.params.facts)
 SCHEMA = {"description": "Accuracy against budget, one line per method.", "type": "object",
           "additionalProperties": False, "required": ["from_sweep"], "properties": {"from_sweep": {"const": "table3"}}}
 
@@ -35,7 +43,7 @@ def frame(ctx: Ctx) -> pd.DataFrame:
             for g in ctx.groups([r for r in mruns if r.method == method], sweep["dataset"]):
                 if g.ok:
                     rows.append({"model": model, "method": method, "label": method_label(ctx.config, method),
-                                 "budget": g.runs[0].parts["budget"], "reached": g.reached, **est_row(g)})
+                                 "budget": g.runs[0].budget, "reached": g.reached, **est_row(g)})
     return pd.DataFrame(rows, columns=["model", "method", "label", "budget", "reached", "acc", "lo", "hi",
                                        "spread", "seeds", "n"])
 

@@ -10,6 +10,14 @@ from harness.reports.write import plt as _plt
 
 KIND = "figure"
 TITLE = "Figure 4: where SMT placed trainable blocks (layer x Q/K/V)"
+SECTION = ("Table 6: K, Q, V placement", "figure 4: layer x Q/K/V map of SMT's blocks")  # the report's category and subcategory
+CAPTION = """\
+Figure 4: where SMT's selected blocks are: layer x Q/K/V map of the blocks' share.
+
+**Runs:** {{ snakemake.params.facts.runs }}; **seeds:** {{ snakemake.params.facts.seeds }}; **n:** {{ snakemake.params.facts.n }} (config ``{{ snakemake.params.facts.config }}``). The n and seeds each row or point actually has are in the table's ``n`` and ``seeds`` columns or drawn under the figure.
+
+**Bars:** none: counts of selected blocks from the runs' selection plans.
+"""  # the report's caption (a Jinja template over snakemake.params.facts)
 SCHEMA = _plan.SMT_RUN_SCHEMA
 
 

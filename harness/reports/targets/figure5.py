@@ -9,6 +9,14 @@ from harness.reports.write import plt as _plt
 
 KIND = "figure"
 TITLE = "Figure 5: share of SMT trainable parameters in Q, K and V"
+SECTION = ("Table 6: K, Q, V placement", "figure 5: trainable parameters per Q/K/V")  # the report's category and subcategory
+CAPTION = """\
+Figure 5: share of SMT's trainable parameters in Q, K and V.
+
+**Runs:** {{ snakemake.params.facts.runs }}; **seeds:** {{ snakemake.params.facts.seeds }}; **n:** {{ snakemake.params.facts.n }} (config ``{{ snakemake.params.facts.config }}``). The n and seeds each row or point actually has are in the table's ``n`` and ``seeds`` columns or drawn under the figure.
+
+**Bars:** none: shares computed from the runs' selection plans.
+"""  # the report's caption (a Jinja template over snakemake.params.facts)
 SCHEMA = _plan.SMT_RUN_SCHEMA
 
 

@@ -11,6 +11,14 @@ from harness.reports.write import plt as _plt
 
 KIND = "figure"
 TITLE = "Figure 7: SMT ablations: accuracy with 95 % interval, delta size and step time"
+SECTION = ("Table 7: SMT ablations", "figure 7")  # the report's category and subcategory
+CAPTION = """\
+Figure 7: SMT ablations: accuracy, delta size and step time.
+
+**Runs:** {{ snakemake.params.facts.runs }}; **seeds:** {{ snakemake.params.facts.seeds }}; **n:** {{ snakemake.params.facts.n }} (config ``{{ snakemake.params.facts.config }}``). The n and seeds each row or point actually has are in the table's ``n`` and ``seeds`` columns or drawn under the figure.
+
+**Bars:** 95 % intervals: a bootstrap over test examples stratified by task (hierarchical over seeds when there are several); the dashed line is the label prior (always the most frequent label of each task). The caption drawn under the figure gives the measured n and seeds; the numbers drawn are in ``{{ snakemake.params.target }}.data.csv`` next to the PNG.
+"""  # the report's caption (a Jinja template over snakemake.params.facts)
 SCHEMA = {"description": "The ablation table's runs as a figure.", "type": "object", "additionalProperties": False,
           "required": ["from_table"], "properties": {"from_table": {"const": "table7"}}}
 

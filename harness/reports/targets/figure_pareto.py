@@ -14,6 +14,15 @@ from harness.reports.write import plt as _plt
 KIND = "figure"
 EXPERIMENT = "table2"
 TITLE = "Accuracy against trainable parameters, step time, training memory and forgetting (one point per run)"
+SHOWS_FORGETTING = True  # its inputs include the base model's forgetting values (workflow/rules/forgetting.smk)
+SECTION = ("Table 2: commonsense at equal budget", "figure: accuracy against cost and forgetting")  # the report's category and subcategory
+CAPTION = """\
+Accuracy against trainable parameters, step time, training memory and forgetting (change of the mean token loss on held-out text outside the training domain, after minus before fine-tuning), one point per run of Table 2; runs without a forgetting measurement are not drawn on that axis.
+
+**Runs:** {{ snakemake.params.facts.runs }}; **seeds:** {{ snakemake.params.facts.seeds }}; **n:** {{ snakemake.params.facts.n }} (config ``{{ snakemake.params.facts.config }}``). The n and seeds each row or point actually has are in the table's ``n`` and ``seeds`` columns or drawn under the figure.
+
+**Bars:** 95 % intervals: a bootstrap over test examples stratified by task (hierarchical over seeds when there are several); the dashed line is the label prior (always the most frequent label of each task). The caption drawn under the figure gives the measured n and seeds; the numbers drawn are in ``{{ snakemake.params.target }}.data.csv`` next to the PNG.
+"""  # the report's caption (a Jinja template over snakemake.params.facts)
 
 
 def runs(config, exp) -> list[str]:
@@ -26,7 +35,7 @@ def frame(ctx: Ctx) -> pd.DataFrame:
     for r in ctx.runs:
         if r.method == hc.ZERO_SHOT:  # nothing trained: drawn as a level (draw), not a point
             continue
-        g = ctx.group([r], r.parts["dataset"])
+        g = ctx.group([r], r.dataset)
         if not g.ok:
             continue
         ti = r.record.get("train_info", {})
@@ -57,19 +66,19 @@ def draw(ctx: Ctx):
         ax.grid(alpha=0.3)
     # the level every run must clear to have learned more than the label shares (a run below it
     # is not a point on any accuracy-cost frontier); one line per dataset drawn
-    for dataset in dict.fromkeys(r.parts["dataset"] for r in ctx.runs):
+    for dataset in dict.fromkeys(r.dataset for r in ctx.runs):
         level = prior_level(ctx, dataset)
         if level is not None:
             for ax in axes:
                 ax.axhline(level, color="grey", ls="--", label=f"{PRIOR_ROW} ({dataset})" if ax is axes[0] else None)
     zero_levels = {}
     for r in [r for r in ctx.runs if r.method == hc.ZERO_SHOT]:
-        g = ctx.group([r], r.parts["dataset"])
+        g = ctx.group([r], r.dataset)
         if g.ok:
-            zero_levels[r.parts["dataset"]] = 100 * g.avg["mean"]
+            zero_levels[r.dataset] = 100 * g.avg["mean"]
             for ax in axes:
-                ax.axhline(zero_levels[r.parts["dataset"]], color="black", ls=":",
-                           label=f"zero-shot ({r.parts['dataset']})" if ax is axes[0] else None)
+                ax.axhline(zero_levels[r.dataset], color="black", ls=":",
+                           label=f"zero-shot ({r.dataset})" if ax is axes[0] else None)
     axes[0].set_ylabel("average accuracy over tasks (%)")
     axes[0].legend(title="method", fontsize=8)
     return fig, data, (interval_caption(data).replace("mean accuracy over seeds", "one run")

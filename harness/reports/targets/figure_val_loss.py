@@ -7,12 +7,20 @@ from harness import config as hc
 
 from harness.reports.cells import Ctx
 from harness.reports.runs import method_label
-from harness.reports.targets.table3 import sweep_runs
+from harness.reports.targets._sweep import sweep_runs
 from harness.reports.write import plt as _plt
 
 KIND = "figure"
 EXPERIMENT = "table3"
 TITLE = "Validation loss (answer tokens of a held-out part of the training data) against step"
+SECTION = ("Table 3: budget sweep", "figure: validation loss against step")  # the report's category and subcategory
+CAPTION = """\
+Validation loss (answer tokens of a held-out part of the training data) against step, one line per run.
+
+**Runs:** {{ snakemake.params.facts.runs }}; **seeds:** {{ snakemake.params.facts.seeds }}; **n:** {{ snakemake.params.facts.n }} (config ``{{ snakemake.params.facts.config }}``). The n and seeds each row or point actually has are in the table's ``n`` and ``seeds`` columns or drawn under the figure.
+
+**Bars:** none: one line per run; the dashed level is the label prior's loss.
+"""  # the report's caption (a Jinja template over snakemake.params.facts)
 
 
 def check(config, exp) -> None:
@@ -29,9 +37,9 @@ def frame(ctx: Ctx) -> pd.DataFrame:
     rows = []
     for r in ctx.runs:
         for point in r.record.get("train_info", {}).get("val_curve") or []:
-            rows.append({"run_id": r.run_id, "model": r.parts["model"], "method": r.method,
-                         "label": method_label(ctx.config, r.method), "budget": r.parts["budget"],
-                         "seed": r.parts["seed"], "step": point["step"], "val_loss": point["val_loss"],
+            rows.append({"run_id": r.run_id, "model": r.model, "method": r.method,
+                         "label": method_label(ctx.config, r.method), "budget": r.budget,
+                         "seed": r.seed, "step": point["step"], "val_loss": point["val_loss"],
                          "prior_level": r.record.get("train_info", {}).get("val_prior_loss")})
     return pd.DataFrame(rows, columns=["run_id", "model", "method", "label", "budget", "seed", "step", "val_loss",
                                        "prior_level"])

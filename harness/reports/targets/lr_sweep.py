@@ -14,7 +14,16 @@ from harness.reports.runs import method_label
 KIND = "table"
 TITLE = ("Learning-rate sweep: each method's rates on the validation split (primary metric, %, 95 % intervals, "
          "one seed), the chosen rate and each rate's paired difference from it")
+SECTION = ("Learning rates tuned per method", "table: the sweep on the validation split")  # the report's category and subcategory
+CAPTION = """\
+Learning-rate sweep: each method over its grid of rates (one seed), scored by the primary metric on the validation split (test-file records beyond the evaluated head and beyond every record carved for training; never an evaluated test example), and the rate chosen for all of the method's later runs (harness/lr_sweep.py states the rule; the choice is also in ``lr_sweep/choice.json`` and in each chosen run's ``eval/<suite>.json``).
+
+**Runs:** {{ snakemake.params.facts.runs }}; **seeds:** {{ snakemake.params.facts.seeds }}; **n:** {{ snakemake.params.facts.n }} (config ``{{ snakemake.params.facts.config }}``).
+
+**Intervals:** 95 %: Wilson for one task; for averages a bootstrap over validation examples stratified by task; "chosen − this" is a paired bootstrap over the same examples.
+"""  # the report's caption (a Jinja template over snakemake.params.facts)
 EVAL_SPLIT = "validation"  # its runs are read on <suite>_val (common.smk: eval_file), not on the test set
+BEFORE_LR_CHOICE = True  # its runs make the choice (checkpoint lr_choice): their ids name their own rates
 SCHEMA = {
     "description": "Learning rates tuned per method on a validation split (harness.lr_sweep).",
     "type": "object", "additionalProperties": False,
@@ -54,7 +63,20 @@ def check(config, exp) -> None:
 
 
 def runs(config, exp) -> list[str]:
-    return [rid for rates in lr_sweep.sweep_run_ids(config, exp).values() for rid in rates.values()]
+    return lr_sweep.run_ids(config, exp)
+
+
+def extra_inputs(config, exp, from_records) -> list[str]:
+    """The choice file (made by the lr_choice checkpoint, so `snakemake lr_sweep` chooses the
+    rates); with from_records none (the table recomputes the choice from the records)."""
+    return [] if from_records else [str(hc.repo_path(lr_sweep.choice_path(config)))]
+
+
+def caption_facts(config, exp) -> dict:
+    """The sweep's runs, with n counted on the validation split (experiments.lr_sweep.validation.limit)."""
+    from harness.report_html import run_facts
+
+    return run_facts(config, runs(config, exp), "validation", exp["validation"]["limit"])
 
 
 def build(ctx: Ctx) -> pd.DataFrame:

@@ -11,13 +11,22 @@ from harness import forgetting
 from harness.reports.cells import (PRIOR_ROW, Ctx, best_group, closest_budget, finish, fmt_diff, mark_best,
                                    method_row, paired, prior_group, prior_row)
 from harness.reports.runs import method_label
-from harness.reports.targets.table3 import sweep_runs
+from harness.reports.targets._sweep import sweep_runs
 
 KIND = "table"
 TITLE = ("Table 2: commonsense accuracy (%) at equal budget: each method's best budget of the sweep "
          "(or the one budget of experiments.table2.budgets), SMT at each baseline's budget, best SMT, "
          "full FT, the zero-shot base model (with each row's paired difference from it) and the "
          "label prior; 95 % intervals")
+SHOWS_FORGETTING = True  # its inputs include the base model's forgetting values (workflow/rules/forgetting.smk)
+SECTION = ("Table 2: commonsense at equal budget", "table")  # the report's category and subcategory
+CAPTION = """\
+Table 2: commonsense accuracy (%) at equal budget: each method at its best budget of the sweep, SMT at each baseline's budget, best SMT, full fine-tuning, the zero-shot base model and the label prior; the ``forgetting`` column is the change of the mean token loss on held-out text outside the training domain (after minus before fine-tuning, as peft's method_comparison), "not measured" for runs evaluated before the metric existed.
+
+**Runs:** {{ snakemake.params.facts.runs }}; **seeds:** {{ snakemake.params.facts.seeds }}; **n:** {{ snakemake.params.facts.n }} (config ``{{ snakemake.params.facts.config }}``). The n and seeds each row or point actually has are in the table's ``n`` and ``seeds`` columns or drawn under the figure.
+
+**Intervals:** 95 %: Wilson for one task; for averages a bootstrap over test examples stratified by task (over seeds and examples when there are several seeds); differences are paired bootstraps over the same examples; "best" only where the difference is significant. Footnotes, the config's and the runs' deviations from the paper and the run ids are printed under the table.
+"""  # the report's caption (a Jinja template over snakemake.params.facts)
 SCHEMA = {
     "description": "Best LoRA / best DoRA over a sweep, SMT at DoRA's best budget, best SMT, full FT.",
     "type": "object", "additionalProperties": False, "required": ["from_sweep", "full_ft"],
@@ -122,7 +131,7 @@ def build(ctx: Ctx) -> pd.DataFrame:
             block[-1][diff_col] = fmt_diff(paired(own_best, block[-1].get("_group"), ctx.notes))
         mark_best(block)
         for row in block:  # the rate each row ran at, where the run ids name it (experiments.lr_sweep's choice)
-            rates = {r.parts["lr"] for r in row["_group"].runs} - {None} if row.get("_group") else set()
+            rates = {r.lr_named for r in row["_group"].runs} - {None} if row.get("_group") else set()
             if rates:
                 row["lr"] = "/".join(hc.lr_label(v) for v in sorted(rates)) + " (chosen on validation)"
         if ctx.exp.get("zero_shot"):  # the reference every method must clear; not a contender for best

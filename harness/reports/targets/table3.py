@@ -9,11 +9,20 @@ from harness import config as hc
 from harness import stats
 from harness.reports.cells import BOOT_SEED, N_BOOT, PRIOR_ROW, Ctx, finish, fmt_diff, fmt_est, paired, prior_group
 from harness.reports.runs import method_label
+from harness.reports.targets._sweep import sweep_runs
 
 KIND = "table"
 TITLE = ("Table 3: average commonsense accuracy (%) per budget asked (% of all parameters; "
          "@ = budget reached where it differs); * = significantly best on the line, ≈ = tied best; "
          "rows 'SMT − X': paired difference at the same budget")
+SECTION = ("Table 3: budget sweep", "table")  # the report's category and subcategory
+CAPTION = """\
+Table 3: average commonsense accuracy (%) per budget of the sweep, with SMT minus each baseline at the same budget.
+
+**Runs:** {{ snakemake.params.facts.runs }}; **seeds:** {{ snakemake.params.facts.seeds }}; **n:** {{ snakemake.params.facts.n }} (config ``{{ snakemake.params.facts.config }}``). The n and seeds each row or point actually has are in the table's ``n`` and ``seeds`` columns or drawn under the figure.
+
+**Intervals:** 95 %: Wilson for one task; for averages a bootstrap over test examples stratified by task (over seeds and examples when there are several seeds); differences are paired bootstraps over the same examples; "best" only where the difference is significant. Footnotes, the config's and the runs' deviations from the paper and the run ids are printed under the table.
+"""  # the report's caption (a Jinja template over snakemake.params.facts)
 SCHEMA = {
     "description": "Budget sweep (the plateau); feeds Table 2 and Figure 3.",
     "type": "object", "additionalProperties": False, "required": ["models", "dataset", "methods", "budgets"],
@@ -25,18 +34,6 @@ SCHEMA = {
         "budgets": {"type": "array", "items": {"$ref": "#/$defs/percent"}, "minItems": 1, "uniqueItems": True},
     },
 }
-
-
-def sweep_runs(config, models=None, budgets=None, seeds=None) -> list[str]:
-    """The sweep's runs (experiments.table3): every model x method x budget, the sweep's seeds
-    unless `seeds` is given; `models`/`budgets` restrict it."""
-    sweep = config["experiments"]["table3"]
-    out = []
-    for model in models or sweep["models"]:
-        for method in sweep["methods"]:
-            for budget in budgets or sweep["budgets"]:
-                out += hc.run_ids(config, model, sweep["dataset"], method, budget, seeds=seeds or sweep.get("seeds"))
-    return out
 
 
 def runs(config, exp) -> list[str]:
@@ -53,7 +50,7 @@ def build(ctx: Ctx) -> pd.DataFrame:
         mruns = ctx.select(model=model, dataset=dataset)
         by_method = {}
         for method in sweep["methods"]:
-            groups = {hc.budget_label(g.runs[0].parts["budget"]): g
+            groups = {hc.budget_label(g.runs[0].budget): g
                       for g in ctx.groups([r for r in mruns if r.method == method], dataset)}
             by_method[method] = groups
             row = {"Model": model, "Method": method_label(ctx.config, method)}

@@ -11,6 +11,14 @@ from harness.reports.runs import method_label
 KIND = "table"
 TITLE = ("Table 5: arithmetic reasoning accuracy (%): best of each method over the budgets; "
          "SMT − X: paired difference")
+SECTION = ("Table 5: arithmetic", "table")  # the report's category and subcategory
+CAPTION = """\
+Table 5: arithmetic reasoning accuracy (%), best budget of each method.
+
+**Runs:** {{ snakemake.params.facts.runs }}; **seeds:** {{ snakemake.params.facts.seeds }}; **n:** {{ snakemake.params.facts.n }} (config ``{{ snakemake.params.facts.config }}``). The n and seeds each row or point actually has are in the table's ``n`` and ``seeds`` columns or drawn under the figure.
+
+**Intervals:** 95 %: Wilson for one task; for averages a bootstrap over test examples stratified by task (over seeds and examples when there are several seeds); differences are paired bootstraps over the same examples; "best" only where the difference is significant. Footnotes, the config's and the runs' deviations from the paper and the run ids are printed under the table.
+"""  # the report's caption (a Jinja template over snakemake.params.facts)
 SCHEMA = {
     "description": "Arithmetic reasoning.",
     "type": "object", "additionalProperties": False,
@@ -38,7 +46,7 @@ def runs(config, exp) -> list[str]:
         for budget in exp["budgets"]:
             out += hc.run_ids(config, exp["model"], exp["dataset"], method, budget, seeds=exp.get("seeds"))
     for budget in exp["smt_best_budgets"]:
-        out += hc.run_ids(config, exp["model"], exp["dataset"], config.get("proposed", "smt"), budget,
+        out += hc.run_ids(config, exp["model"], exp["dataset"], config["proposed"], budget,
                           seeds=exp.get("seeds"))
     return out
 
@@ -54,14 +62,14 @@ def build(ctx: Ctx) -> pd.DataFrame:
     rows, groups = [], {}
     for method in exp["methods"]:
         g = best_group(ctx.groups([r for r in mruns if r.method == method
-                                   and hc.budget_label(r.parts["budget"]) in budgets], dataset))
+                                   and hc.budget_label(r.budget) in budgets], dataset))
         groups[method] = g
         name = method_label(ctx.config, method) + ("" if method == proposed else " (Best)")
         rows.append(method_row(ctx, {"Model": model, "Method": name}, g, tasks, prior))
     if exp.get("smt_best_budgets"):
         extra = {hc.budget_label(b) for b in exp["smt_best_budgets"]} | budgets
         g = best_group(ctx.groups([r for r in mruns if r.method == proposed
-                                   and hc.budget_label(r.parts["budget"]) in extra], dataset))
+                                   and hc.budget_label(r.budget) in extra], dataset))
         rows.append(method_row(ctx, {"Model": model, "Method": f"{plabel} (Best)"}, g, tasks, prior))
     if proposed in groups:
         for row, method in zip(rows, exp["methods"]):
