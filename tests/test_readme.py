@@ -68,3 +68,15 @@ def test_no_commit_id_is_typed_in_the_readme_prose():
 def test_every_doc_the_readme_links_exists():
     for link in re.findall(r"\]\(((?:docs|results|figures)/[^)#]+)\)", README.read_text()):
         assert (REPO_ROOT / link).exists(), link
+
+
+def test_ci_finds_the_set_up_and_test_commands():
+    """.ci/run runs the first ```bash block under the headings starting '## Set up' and '## Test'."""
+    import subprocess
+
+    script = (REPO_ROOT / ".ci" / "run").read_text()
+    func = script[script.index("readme_block() {"):script.index("SETUP=")]
+    for section, needle in (("Set up", "pip install torch=="), ("Test", 'pytest -m "not slow"')):
+        out = subprocess.run(["bash", "-c", f"{func}\nreadme_block '{section}'"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, check=True).stdout
+        assert needle in out, f"README.md: .ci/run finds no bash block with {needle!r} under '## {section}'"
