@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from harness import config as hc
+from harness import forgetting
 from harness.reports.cells import SEEDS_NOTE, VAL_LOSS_NOTE, Ctx
 from harness.reports.targets import table2
 
@@ -43,6 +43,4 @@ def build(ctx: Ctx) -> pd.DataFrame:
 
 def _forgetting(note: str) -> bool:
     """The forgetting column's notes (Table 2 shows that column; this table does not)."""
-    from harness import forgetting
-
     return note == forgetting.NOTE_NOT_MEASURED or note.startswith("forgetting:")
