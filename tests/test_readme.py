@@ -80,3 +80,35 @@ def test_ci_finds_the_set_up_and_test_commands():
         out = subprocess.run(["bash", "-c", f"{func}\nreadme_block '{section}'"], cwd=REPO_ROOT,
                              capture_output=True, text=True, check=True).stdout
         assert needle in out, f"README.md: .ci/run finds no bash block with {needle!r} under '## {section}'"
+
+
+def _second_study(tmp_path, verdict_from=None, verdict_to=None):
+    """A second model's tables: the committed ones under another model name, one verdict changed."""
+    second = tmp_path / "second"
+    second.mkdir()
+    claims = (TABLES / "claims.csv").read_text().replace("smollm2-135m", "other-270m")
+    if verdict_from:
+        head, _, rest = claims.partition("\nModel,")
+        rows = rest.split("\n")
+        i = next(i for i, r in enumerate(rows) if r.startswith("other-270m,SMT > LoRA at equal budget,"))
+        rows[i] = rows[i].replace(f",{verdict_from},", f",{verdict_to},", 1)
+        claims = head + "\nModel," + "\n".join(rows)
+    (second / "claims.csv").write_text(claims)
+    (second / "table2.csv").write_text((TABLES / "table2.csv").read_text().replace("smollm2-135m", "other-270m"))
+    return second
+
+
+def test_a_second_model_gets_a_verdict_column_and_a_generated_agreement_line(tmp_path):
+    block = readme.block(TABLES, more=[_second_study(tmp_path)])
+    assert "| Claim | smollm2-135m | other-270m |" in block
+    _, claims = readme.read_table_csv(TABLES / "claims.csv")
+    assert f"the models' verdicts agree on all {len(claims)} claims both tested" in block
+    assert block.count("| Claim | Verdict |") == 2 and block.count("| Method |") == 2
+
+
+def test_a_verdict_that_differs_between_models_is_named(tmp_path):
+    _, claims = readme.read_table_csv(TABLES / "claims.csv")
+    was = claims[claims["Claim"] == "SMT > LoRA at equal budget"]["Verdict"].iloc[0]
+    block = readme.block(TABLES, more=[_second_study(tmp_path, was, "contradicted")])
+    assert (f"verdicts that differ between the models: SMT > LoRA at equal budget (smollm2-135m: {was}, "
+            "other-270m: contradicted)") in block

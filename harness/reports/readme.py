@@ -32,6 +32,15 @@ TABLE2_TASKS = ("boolq", "piqa", "social_i_qa", "hellaswag", "winogrande", "ARC-
                 "openbookqa")
 
 
+# further models' studies (config overlays with their own results), shown when their tables exist
+MORE_STUDIES = ("results/gemma/tables",)
+
+
+def more_studies() -> list[pathlib.Path]:
+    return [REPO_ROOT / t for t in MORE_STUDIES if (REPO_ROOT / t / "claims.csv").is_file()
+            and (REPO_ROOT / t / "table2.csv").is_file()]
+
+
 def _md_row(cells) -> str:
     return "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
 
@@ -53,55 +62,101 @@ def _footnote(header: list[str], number: int) -> str | None:
     return _header_line(header, f"{number}. ")
 
 
-def block(tables: pathlib.Path, figure: str = "figures/figure3.png") -> str:
-    """The README's results block (without the markers) from the claims and Table 2 CSVs."""
-    claims_header, claims = read_table_csv(tables / "claims.csv")
-    t2_header, t2 = read_table_csv(tables / "table2.csv")
-    models = list(dict.fromkeys(claims["Model"]))
+def block(tables: pathlib.Path, figure: str = "figures/figure3.png", more: list[pathlib.Path] = ()) -> str:
+    """The README's results block (without the markers) from the claims and Table 2 CSVs of the
+    default study (`tables`) and of further models' studies (`more`: their tables folders; each
+    must hold claims.csv and table2.csv). With several, a verdict per claim and model opens it."""
+    studies = [(tables, *read_table_csv(tables / "claims.csv"), *read_table_csv(tables / "table2.csv"))]
+    studies += [(t, *read_table_csv(t / "claims.csv"), *read_table_csv(t / "table2.csv")) for t in more]
     out = []
-    endpoint = _header_line(claims_header, "primary endpoint: ")
-    config = _header_line(claims_header, "config: ")
-    out.append(f"The paper's claims tested on the committed records ({config.removeprefix('config: ')}). "
+    configs = [_header_line(ch, "config: ").removeprefix("config: ") for _, ch, *_ in studies]
+    endpoint = _header_line(studies[0][1], "primary endpoint: ")
+    out.append(f"The paper's claims tested on the committed records ({'; '.join(configs)}). "
                "Each verdict is a declared test on the paired difference of the primary endpoint: "
                "**supported** (95 % interval above 0, Holm-corrected), **contradicted** (below 0), "
                "**equivalent within ±δ** (90 % interval inside ±δ), **inconclusive** otherwise; MDE is "
                "the smallest difference the design detects with 80 % power; *to resolve* is seeds × test "
                "examples per task that would resolve the paper's own effect. "
                "Full table with the paper's words and the runs read: "
-               "[results/tables/claims.md](results/tables/claims.md).")
+               + ", ".join(f"[{_rel(t / 'claims.md')}]({_rel(t / 'claims.md')})" for t, *_ in studies) + ".")
     out.append("")
-    for model in models:
-        rows = claims[claims["Model"] == model]
-        if len(models) > 1:
-            out.append(f"**{model}**")
-            out.append("")
-        out += _md_table(rows, CLAIM_COLUMNS)
+    if len(studies) > 1:
+        out += _across_models([claims for _, _, claims, _, _ in studies])
+        out.append(f"![Figure 3: accuracy against the trainable-parameter budget]({figure})")
         out.append("")
-    for number in (2, 3):
-        note = _footnote(claims_header, number)
-        if note:
-            out.append(f"<sub>{note.split('. ', 1)[1]}</sub>")
+    for i, (t, claims_header, claims, t2_header, t2) in enumerate(studies):
+        models = list(dict.fromkeys(claims["Model"]))
+        for model in models:
+            rows = claims[claims["Model"] == model]
+            if len(models) > 1 or len(studies) > 1:
+                out.append(f"**{model}**" + (f" ({configs[i]})" if len(studies) > 1 else ""))
+                out.append("")
+            out += _md_table(rows, CLAIM_COLUMNS)
             out.append("")
-    out.append(f"![Figure 3: accuracy against the trainable-parameter budget]({figure})")
-    out.append("")
-    columns = [c for c in t2.columns if c not in TABLE2_SKIP and c not in TABLE2_TASKS]
-    t2_models = list(dict.fromkeys(t2["Model"])) if "Model" in t2.columns else [None]
-    title = t2_header[0] if t2_header else "Table 2"
-    out.append(f"**{title}** (per-task cells, footnotes and runs: "
-               "[results/tables/table2.md](results/tables/table2.md))")
-    out.append("")
-    for model in t2_models:
-        rows = t2 if model is None else t2[t2["Model"] == model]
-        if len(t2_models) > 1:
-            out.append(f"**{model}**")
-            out.append("")
-        out += _md_table(rows, columns)
+        for number in (2, 3):
+            note = _footnote(claims_header, number)
+            if note:
+                out.append(f"<sub>{note.split('. ', 1)[1]}</sub>")
+                out.append("")
+    if len(studies) == 1:
+        out.append(f"![Figure 3: accuracy against the trainable-parameter budget]({figure})")
         out.append("")
-    for line in (endpoint, _header_line(t2_header, "records trained at: ")):
-        if line:
-            out.append(f"<sub>{line}</sub>")
+    for i, (t, claims_header, claims, t2_header, t2) in enumerate(studies):
+        columns = [c for c in t2.columns if c not in TABLE2_SKIP and c not in TABLE2_TASKS]
+        t2_models = list(dict.fromkeys(t2["Model"])) if "Model" in t2.columns else [None]
+        title = t2_header[0] if t2_header else "Table 2"
+        out.append(f"**{title}** (per-task cells, footnotes and runs: "
+                   f"[{_rel(t / 'table2.md')}]({_rel(t / 'table2.md')}))")
+        out.append("")
+        for model in t2_models:
+            rows = t2 if model is None else t2[t2["Model"] == model]
+            if len(t2_models) > 1 or len(studies) > 1:
+                label = model if model is not None else next(iter(dict.fromkeys(claims["Model"])), "")
+                out.append(f"**{label}**")
+                out.append("")
+            out += _md_table(rows, columns)
             out.append("")
+        for line in (endpoint if i == 0 else None, _header_line(t2_header, "records trained at: ")):
+            if line:
+                out.append(f"<sub>{line}</sub>")
+                out.append("")
     return "\n".join(out).rstrip("\n")
+
+
+def _rel(path: pathlib.Path) -> str:
+    path = pathlib.Path(path)
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def _across_models(tables) -> list[str]:
+    """One row per claim, one column per model: verdict and estimate; then, generated, the claims
+    whose verdict differs between the models (or that they agree on every claim both tested)."""
+    cells: dict[str, dict[str, str]] = {}
+    verdicts: dict[str, dict[str, str]] = {}
+    models: list[str] = []
+    for claims in tables:
+        for row in claims.itertuples(index=False):
+            rec = dict(zip(claims.columns, row))
+            model, claim = rec["Model"], rec["Claim"]
+            models += [model] if model not in models else []
+            cells.setdefault(claim, {})[model] = f"{rec['Verdict']}: {rec['Estimate [95 %]']}"
+            verdicts.setdefault(claim, {})[model] = rec["Verdict"]
+    out = [_md_row(["Claim", *models]), _md_row(["---"] * (len(models) + 1))]
+    out += [_md_row([claim, *(by.get(m, "not tested") for m in models)]) for claim, by in cells.items()]
+    out.append("")
+    both = {c: v for c, v in verdicts.items() if all(m in v for m in models)}
+    differ = [c for c, v in both.items() if len(set(v.values())) > 1]
+    if differ:
+        text = "; ".join(f"{c} ({', '.join(f'{m}: {both[c][m]}' for m in models)})" for c in differ)
+        out.append(f"<sub>verdicts that differ between the models: {text}; the same on the other "
+                   f"{len(both) - len(differ)} claims both tested</sub>")
+    else:
+        out.append(f"<sub>the models' verdicts agree on all {len(both)} claims both tested</sub>")
+    out.append("")
+    return out
 
 
 def render(readme_text: str, generated: str) -> str:
@@ -118,9 +173,11 @@ def main(argv=None) -> int:
     ap.add_argument("--check", action="store_true", help="exit 1 when README.md's block is stale; write nothing")
     ap.add_argument("--readme", type=pathlib.Path, default=REPO_ROOT / "README.md")
     ap.add_argument("--tables", type=pathlib.Path, default=REPO_ROOT / "results" / "tables")
+    ap.add_argument("--more", type=pathlib.Path, action="append", default=None,
+                    help="another model's study tables (default: those of MORE_STUDIES that hold claims.csv)")
     args = ap.parse_args(argv)
     text = args.readme.read_text()
-    new = render(text, block(args.tables))
+    new = render(text, block(args.tables, more=more_studies() if args.more is None else args.more))
     if args.check:
         if new != text:
             print(f"{args.readme}: the results block is stale; run `python -m harness.reports.readme`",
